@@ -1,0 +1,72 @@
+# kubemaas: every set-up step lives here, so a fresh clone needs only `make test` or `make demo`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv lint test test-unit test-integration demo tools cluster-up cluster-down \
+        bench-server bench-operator protos kind-up clean
+
+help:
+	@echo "make test   - lint, then the whole test suite (starts its own local control plane)"
+	@echo "make demo   - the end-to-end demo on the local control plane"
+	@echo "make lint   - ruff and mypy"
+	@echo "make tools  - build the pinned Kubernetes binaries (cached under the user's cache dir)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall only when the package metadata changes; pip's own cache keeps warm runs fast.
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing kubemaas and its test dependencies into $(VENV) (first run downloads torch)"
+	$(BIN)/python -m pip install --progress-bar off -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy -p kubemaas -p kubemaas_cluster -p kubemaas_server -p kubemaas_operator -p kubemaas_trainer
+
+tools: $(STAMP)
+	$(BIN)/kubemaas cluster build
+
+test: lint tools
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: $(STAMP) tools
+	$(BIN)/python -m pytest tests/integration tests/e2e
+
+demo: $(STAMP) tools
+	$(BIN)/kubemaas demo
+
+cluster-up: $(STAMP) tools
+	$(BIN)/kubemaas cluster up
+
+cluster-down: $(STAMP)
+	$(BIN)/kubemaas cluster down
+
+protos: $(STAMP)
+	$(BIN)/python -m kubemaas_server.protogen
+
+bench-server: $(STAMP)
+	$(BIN)/python benchmarks/bench_server.py
+
+bench-operator: $(STAMP) tools
+	$(BIN)/python benchmarks/bench_operator.py
+
+# For people with Docker: a kind cluster instead of the local control plane.
+kind-up:
+	kind create cluster --name kubemaas --config hack/kind-config.yaml
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,1 @@
+"""What runs inside training pods: launcher, distributed setup, checkpoints, export."""

@@ -1,0 +1,46 @@
+"""Kubeconfig files for the admin user and each control-plane component."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import yaml
+
+from kubemaas_cluster.pki import Pair
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def render_kubeconfig(
+    *, server: str, ca: Path, client: Pair, user: str, context: str = "kubemaas-local"
+) -> str:
+    """A self-contained kubeconfig (certificates embedded) so it stays valid wherever it is copied."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": context, "cluster": {"server": server, "certificate-authority-data": _b64(ca)}}
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate-data": _b64(client.cert), "client-key-data": _b64(client.key)},
+            }
+        ],
+        "contexts": [
+            {"name": context, "context": {"cluster": context, "user": user, "namespace": "default"}}
+        ],
+        "current-context": context,
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_kubeconfig(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(content)
+    tmp.chmod(0o600)
+    tmp.replace(path)

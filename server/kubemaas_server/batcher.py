@@ -1,0 +1,255 @@
+"""Dynamic batching: one `BatchQueue` per model, on the server's event loop.
+
+Requests wait in a FIFO. A single worker coroutine per model takes a batch off it, runs the
+forward pass in the model's own thread (so the event loop keeps accepting requests and the next
+batch fills while this one computes), splits the outputs back per caller and resolves each
+caller's future.
+
+When to start a batch is the whole policy:
+
+* An idle model never waits: a request that finds the worker free and no recent traffic runs at
+  once, alone. That is what a single client sees every time.
+* Under load the worker expects as many rows as the previous batch had, because closed-loop
+  callers come back: the clients of the batch that just finished send their next request
+  within a round trip. It waits for that many rows (never more than `max_batch_size`), but no
+  longer than `max_queue_delay_ms` after the oldest queued request arrived, and no longer than
+  half the previous forward pass took, so cheap models (where batching gains little) never wait
+  long. Without this, two groups of callers alternate into half-size batches, which costs a
+  compute-bound model a third of its throughput.
+* Requests whose non-batch shapes differ are never mixed: a batch takes the oldest request's
+  shape and the queued requests with the same shape; others wait for a later batch.
+* If a batched forward pass raises, every request of that batch is run again alone, so one bad
+  request fails by itself and the others still get their answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kubemaas.logs import kv
+from kubemaas_server.errors import ErrorKind, InferenceError
+from kubemaas_server.metrics import ModelMetrics
+from kubemaas_server.tensor_codec import Array
+
+log = logging.getLogger(__name__)
+
+ShapeKey = tuple[tuple[int, ...], ...]
+RunFn = Callable[[Sequence[Array], int], list[Array]]
+
+# Fraction of the previous forward pass a batch may wait for more rows (see module docstring).
+FILL_WAIT_FRACTION = 0.5
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    inputs: list[Array]
+    rows: int  # rows along the batch dimension; 0 for models without one
+    key: ShapeKey  # non-batch shapes of every input
+    future: asyncio.Future[list[Array]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class BatchQueue:
+    def __init__(
+        self,
+        name: str,
+        run: RunFn,
+        *,
+        max_batch_size: int,
+        max_queue_delay_ms: float,
+        preferred_batch_sizes: Sequence[int] = (),
+        metrics: ModelMetrics,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self._max_rows = max(1, max_batch_size)
+        self._batched = max_batch_size > 0
+        self._max_delay = max_queue_delay_ms / 1000.0
+        self._preferred = sorted(size for size in preferred_batch_sizes if size <= self._max_rows)
+        self._metrics = metrics
+        self._queue: collections.deque[PendingRequest] = collections.deque()
+        self._rows_by_key: dict[ShapeKey, int] = collections.defaultdict(int)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._arrival = asyncio.Event()
+        self._fill_target = 0  # rows the worker waits for; 0 when it is not waiting for a fill
+        self._fill_key: ShapeKey | None = None
+        self._expected_rows = 1
+        self._last_compute = 0.0
+        self._last_finish = 0.0
+        self._busy = False
+        self._closed = False
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or computing."""
+        return len(self._queue) + (1 if self._busy else 0)
+
+    async def submit(self, inputs: list[Array], rows: int, key: ShapeKey) -> list[Array]:
+        """Queues one request and returns its outputs (numpy arrays, this caller's rows only)."""
+        if self._closed:
+            raise InferenceError(ErrorKind.UNAVAILABLE, f"model {self.name!r} is shutting down")
+        request = PendingRequest(inputs, rows, key, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self._rows_by_key[key] += max(rows, 1)
+        # Wake the worker only when it can act: it is idle, or the fill it waits for is complete.
+        if not self._busy and (
+            self._fill_target == 0 or (key == self._fill_key and self._rows_by_key[key] >= self._fill_target)
+        ):
+            self._arrival.set()
+        return await request.future
+
+    async def close(self) -> None:
+        """Refuses new requests, lets the queued ones finish, then stops the worker and thread."""
+        self._closed = True
+        while self._queue or self._busy:
+            self._arrival.set()
+            await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._arrival.clear()
+                await self._arrival.wait()
+                continue
+            await self._wait_for_fill()
+            batch = self._take_batch()
+            rows = sum(request.rows for request in batch) if self._batched else 0
+            self._busy = True
+            started = time.perf_counter()
+            for request in batch:
+                self._metrics.queue_duration.observe(started - request.enqueued)
+            try:
+                results = await loop.run_in_executor(self._executor, self._compute, batch, rows)
+            finally:
+                self._busy = False
+            finished = time.perf_counter()
+            self._last_compute = finished - started
+            self._last_finish = finished
+            self._expected_rows = max(1, rows)
+            self._metrics.compute_duration.observe(self._last_compute)
+            self._metrics.batch_size.observe(max(rows, 1))
+            for request, result in zip(batch, results, strict=True):
+                if request.future.done():  # the caller went away (cancelled RPC)
+                    continue
+                if isinstance(result, BaseException):
+                    request.future.set_exception(result)
+                else:
+                    request.future.set_result(result)
+
+    async def _wait_for_fill(self) -> None:
+        """Under load, waits (bounded) until as many rows as the last batch had are queued."""
+        if not self._batched:
+            return
+        head = self._queue[0]
+        now = time.perf_counter()
+        if now - self._last_finish > max(self._max_delay, self._last_compute):
+            self._expected_rows = 1  # the model was idle: whoever comes first runs at once
+        target = min(self._max_rows, self._expected_rows)
+        if self._rows_by_key[head.key] >= target:
+            return
+        deadline = head.enqueued + min(self._max_delay, FILL_WAIT_FRACTION * self._last_compute)
+        if deadline <= now:
+            return
+        self._fill_target, self._fill_key = target, head.key
+        self._arrival.clear()
+        try:
+            await asyncio.wait_for(self._arrival.wait(), deadline - now)
+        except TimeoutError:
+            pass
+        finally:
+            self._fill_target, self._fill_key = 0, None
+
+    def _take_batch(self) -> list[PendingRequest]:
+        head = self._queue.popleft()
+        self._rows_by_key[head.key] -= max(head.rows, 1)
+        batch = [head]
+        if not self._batched:
+            return batch
+        limit = self._max_rows
+        if self._preferred:
+            available = min(self._rows_by_key[head.key] + head.rows, limit)
+            fitting = [size for size in self._preferred if size <= available]
+            if fitting:
+                limit = fitting[-1]
+        rows = head.rows
+        kept: list[PendingRequest] = []
+        while self._queue and rows < limit:
+            request = self._queue.popleft()
+            if request.key == head.key and rows + request.rows <= limit:
+                batch.append(request)
+                rows += request.rows
+                self._rows_by_key[request.key] -= request.rows
+            else:
+                kept.append(request)
+                if request.key == head.key:
+                    break  # the next same-shape request does not fit: keep FIFO order from here
+        self._queue.extendleft(reversed(kept))
+        return batch
+
+    def _compute(self, batch: list[PendingRequest], rows: int) -> list[list[Array] | BaseException]:
+        """Runs in the model's thread: concatenate, forward, split."""
+        try:
+            return self._compute_together(batch, rows)
+        except Exception as error:
+            if len(batch) == 1:
+                return [_as_request_error(error)]
+            log.info(
+                "batch failed, retrying its requests one by one", extra=kv(model=self.name, size=len(batch))
+            )
+        outcomes: list[list[Array] | BaseException] = []
+        for request in batch:
+            try:
+                outcomes.extend(self._compute_together([request], request.rows))
+            except Exception as error:
+                outcomes.append(_as_request_error(error))
+        return outcomes
+
+    def _compute_together(self, batch: list[PendingRequest], rows: int) -> list[list[Array] | BaseException]:
+        # Both branches copy, even a single array: the model gets writable memory of its own,
+        # never the read-only request buffer that np.frombuffer wraps.
+        if self._batched:
+            count = len(batch[0].inputs)
+            inputs = [np.concatenate([request.inputs[i] for request in batch]) for i in range(count)]
+        else:
+            inputs = [np.array(array) for array in batch[0].inputs]
+        outputs = self._run(inputs, rows)
+        if len(batch) == 1:
+            return [outputs]
+        results: list[list[Array] | BaseException] = []
+        start = 0
+        for request in batch:
+            end = start + request.rows
+            results.append([output[start:end] for output in outputs])
+            start = end
+        return results
+
+
+def _as_request_error(error: Exception) -> InferenceError:
+    if isinstance(error, InferenceError):
+        return error
+    message = str(error).strip() or type(error).__name__
+    return InferenceError(ErrorKind.INTERNAL, f"model raised {type(error).__name__}: {_first_lines(message)}")
+
+
+def _first_lines(message: str, limit: int = 2000) -> str:
+    """TorchScript errors carry the whole script traceback; callers need the gist."""
+    return message if len(message) <= limit else message[:limit] + " ..."

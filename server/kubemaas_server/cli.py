@@ -1,0 +1,60 @@
+"""`kubemaas serve`: serve a model repository over the Open Inference Protocol (gRPC).
+
+kubemaas serve --model-repository DIR [--grpc-port 8001] [--metrics-port 8002] [--host 127.0.0.1]
+               [--max-message-bytes N] [--device auto|cpu|cuda] [--torch-threads N]
+               [--grace-seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from kubemaas.logs import setup_logging
+from kubemaas_server.model_config import Device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubemaas serve", description="Serve a model repository over the Open Inference Protocol (gRPC)."
+    )
+    parser.add_argument("--model-repository", type=Path, required=True, help="folder of <model>/model.yaml")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: any free port)")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port (-1: off)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest request or response; larger ones get RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--device", choices=[d.value for d in Device], default=None, help="override every model's device"
+    )
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--grace-seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may take"
+    )
+    parser.add_argument("--no-warm-up", action="store_true", help="skip the warm-up forward pass at load")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("INFO")
+    from kubemaas_server.model_server import ServerOptions, serve
+
+    options = ServerOptions(
+        model_repository=args.model_repository,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        max_message_bytes=args.max_message_bytes,
+        device=Device(args.device) if args.device else None,
+        torch_threads=args.torch_threads,
+        grace_seconds=args.grace_seconds,
+        warm_up=not args.no_warm_up,
+    )
+    asyncio.run(serve(options))
+    return 0

@@ -1,0 +1,191 @@
+"""Assembles and runs one model server: registry, gRPC services, health, reflection, metrics.
+
+One asyncio event loop carries every RPC (grpc.aio); each model computes in a thread of its own.
+Shutdown (SIGTERM or SIGINT) is graceful: health and readiness turn NOT_SERVING first, queued and
+running requests finish, then the gRPC server stops with a bounded grace and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from kubemaas.logs import kv
+from kubemaas_server.metrics import ServerMetrics
+from kubemaas_server.model_config import Device
+from kubemaas_server.proto import grpc_service_pb2 as pb
+from kubemaas_server.proto import grpc_service_pb2_grpc as pb_grpc
+from kubemaas_server.repository import ModelRegistry, load_repository
+from kubemaas_server.servicer import InferenceServicer
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "kubemaas"
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+REFLECTION_SERVICE = reflection.SERVICE_NAME
+
+# The interpreter hands the GIL to a waiting thread only every `switch interval` (5 ms by
+# default). A model thread returning from a forward pass would otherwise sit idle that long
+# behind the busy event loop; at 0.5 ms the loop yields often enough to keep the model busy.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    model_repository: Path
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    metrics_port: int = 8002  # 0 picks a free port; -1 disables the metrics endpoint
+    max_message_bytes: int = 64 * 1024 * 1024
+    device: Device | None = None  # overrides every model's `device`
+    torch_threads: int | None = None
+    grace_seconds: float = 10.0
+    warm_up: bool = True
+
+
+def _server_version() -> str:
+    from kubemaas import __version__
+
+    return str(__version__)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class ModelServer:
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.metrics = ServerMetrics()
+        self.registry: ModelRegistry | None = None
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._server: Any = None
+        self._servicer: InferenceServicer | None = None
+        self._health: Any = None
+        self._stopped = asyncio.Event()
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Loads the repository, then starts serving; returns once the ports are bound."""
+        from kubemaas_server.runtime import configure_torch
+
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        configure_torch(threads=self.options.torch_threads)
+        self.registry = await asyncio.to_thread(
+            load_repository,
+            self.options.model_repository,
+            metrics=self.metrics,
+            device=self.options.device,
+            warm_up=self.options.warm_up,
+        )
+        limit = self.options.max_message_bytes
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._servicer = InferenceServicer(
+            self.registry, self.metrics, name=SERVER_NAME, version=_server_version()
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, self._server)
+        self._health = health_async.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        # Our protocol descriptors live in a private pool (see protogen); reflection answers from
+        # that pool, so it also needs the health and reflection files in it.
+        pool = pb.DESCRIPTOR.pool
+        for descriptor in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+            try:
+                pool.FindFileByName(descriptor.name)
+            except KeyError:
+                pool.AddSerializedFile(descriptor.serialized_pb)
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE), self._server, pool=pool
+        )
+        self.grpc_port = self._server.add_insecure_port(_address(self.options.host, self.options.grpc_port))
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC port {self.options.host}:{self.options.grpc_port}")
+        self.registry.start()
+        await self._server.start()
+        await self._publish_health()
+        if self.options.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.options.host, self.options.metrics_port)
+        log.info(
+            "serving",
+            extra=kv(
+                grpc_port=self.grpc_port,
+                metrics_port=self.metrics_port,
+                host=self.options.host,
+                models=len(self.registry.models),
+                ready=self._servicer.ready,
+            ),
+        )
+
+    async def _publish_health(self) -> None:
+        assert self.registry is not None and self._servicer is not None
+        overall = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self._servicer.ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set("", overall)
+        await self._health.set(INFERENCE_SERVICE, overall)
+        for model in self.registry.models.values():
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if model.ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self._health.set(model.name, status)
+
+    def stop_soon(self) -> None:
+        """Signal-handler entry: starts the graceful stop once."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self.stop())
+
+    async def stop(self) -> None:
+        """NOT_SERVING first, then finish queued and running requests, then stop, all within the grace."""
+        started = time.monotonic()
+        grace = self.options.grace_seconds
+        log.info("stopping", extra=kv(grace_seconds=grace))
+        if self._servicer is not None:
+            self._servicer.draining = True
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self.registry is not None:
+            try:
+                await asyncio.wait_for(self.registry.close(), grace)
+            except TimeoutError:
+                log.warning("requests still queued at the end of the grace period")
+        if self._server is not None:
+            await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
+        self.metrics.stop()
+        log.info("stopped", extra=kv(seconds=round(time.monotonic() - started, 3)))
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(options: ServerOptions) -> None:
+    """Runs a server until SIGTERM or SIGINT, then stops it gracefully."""
+    server = ModelServer(options)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.stop_soon)
+    await server.start()
+    await server.wait_stopped()

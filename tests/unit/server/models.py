@@ -1,0 +1,180 @@
+"""Small TorchScript models and repositories for the server tests, built in temporary folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kubemaas_server.model_config import DataType, DynamicBatching, ModelConfig, TensorSpec
+from kubemaas_server.repository import save_model
+
+
+def spec(name: str, datatype: str, shape: list[int]) -> TensorSpec:
+    return TensorSpec(name, DataType(datatype), tuple(shape))
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
+            layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
+        self.net = torch.nn.Sequential(*layers[:-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class IntAffine(torch.nn.Module):
+    """Two outputs from one INT64 input: 2x+1 per element and the row sum."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2 + 1, x.sum(dim=1, keepdim=True)
+
+
+class Text(torch.nn.Module):
+    """BYTES in, BYTES and INT64 out: upper-cased strings and their lengths."""
+
+    def forward(self, text: list[str]) -> dict[str, list[str] | torch.Tensor]:
+        lengths = torch.tensor([len(item) for item in text], dtype=torch.int64).reshape(-1, 1)
+        upper = [item.upper() for item in text]
+        out: dict[str, list[str] | torch.Tensor] = {"length": lengths, "upper": upper}
+        return out
+
+
+class Poison(torch.nn.Module):
+    """Doubles its input, but raises for any row whose first value is below -1000."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0] < -1000.0).any()):
+            raise RuntimeError("poisoned row")
+        return x * 2.0
+
+
+class Slow(torch.nn.Module):
+    """Row-wise and deliberately slow (tens of ms), so concurrent requests pile up into batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(256, 256) / 16.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.repeat(1, 32)
+        for _ in range(40):
+            y = torch.tanh(y @ self.weight)
+        return y[:, :8]
+
+
+class RowSum(torch.nn.Module):
+    """Unbatched model with a variable dimension: [-1, 3] FP64 -> [3]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=0)
+
+
+class Kinds(torch.nn.Module):
+    """One input of every fixed-size datatype, each returned plus one (BOOL negated)."""
+
+    def forward(
+        self,
+        b: torch.Tensor,
+        i8: torch.Tensor,
+        i16: torch.Tensor,
+        i32: torch.Tensor,
+        u8: torch.Tensor,
+        f16: torch.Tensor,
+        bf16: torch.Tensor,
+        f64: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return ~b, i8 + 1, i16 + 1, i32 + 1, u8 + 1, f16 + 1, bf16 + 1, f64 + 1
+
+
+KIND_TYPES = ["BOOL", "INT8", "INT16", "INT32", "UINT8", "FP16", "BF16", "FP64"]
+
+
+def build_repository(root: Path) -> Path:
+    """Every test model, plus a broken one, in one repository."""
+    torch.manual_seed(0)
+    save_model(
+        root,
+        ModelConfig(
+            "mlp",
+            inputs=(spec("input", "FP32", [16]),),
+            outputs=(spec("output", "FP32", [4]),),
+            max_batch_size=8,
+        ),
+        Mlp([16, 32, 4]),
+    )
+    # Version 1 of mlp is older; version 2 must be served (a differently seeded net).
+    save_model(
+        root,
+        ModelConfig("mlp", inputs=(spec("input", "FP32", [16]),), outputs=(spec("output", "FP32", [4]),), max_batch_size=8),
+        Mlp([16, 32, 4]),
+        version=2,
+    )
+    save_model(
+        root,
+        ModelConfig(
+            "ints",
+            inputs=(spec("x", "INT64", [4]),),
+            outputs=(spec("doubled", "INT64", [4]), spec("total", "INT64", [1])),
+            max_batch_size=16,
+        ),
+        IntAffine(),
+    )
+    save_model(
+        root,
+        ModelConfig(
+            "text",
+            inputs=(spec("text", "BYTES", [1]),),
+            outputs=(spec("length", "INT64", [1]), spec("upper", "BYTES", [1])),
+            max_batch_size=8,
+        ),
+        Text(),
+    )
+    save_model(
+        root,
+        ModelConfig(
+            "poison",
+            inputs=(spec("x", "FP32", [2]),),
+            outputs=(spec("y", "FP32", [2]),),
+            max_batch_size=32,
+            dynamic_batching=DynamicBatching(max_queue_delay_ms=50.0),
+        ),
+        Poison(),
+    )
+    save_model(
+        root,
+        ModelConfig(
+            "slow",
+            inputs=(spec("x", "FP32", [8]),),
+            outputs=(spec("y", "FP32", [8]),),
+            max_batch_size=32,
+            dynamic_batching=DynamicBatching(max_queue_delay_ms=50.0),
+        ),
+        Slow(),
+    )
+    save_model(
+        root,
+        ModelConfig("rowsum", inputs=(spec("x", "FP64", [-1, 3]),), outputs=(spec("y", "FP64", [3]),)),
+        RowSum(),
+    )
+    save_model(
+        root,
+        ModelConfig(
+            "kinds",
+            inputs=tuple(spec(f"in_{t.lower()}", t, [2]) for t in KIND_TYPES),
+            outputs=tuple(spec(f"out_{t.lower()}", t, [2]) for t in KIND_TYPES),
+            max_batch_size=4,
+        ),
+        Kinds(),
+    )
+    broken = root / "broken"
+    save_model(
+        root,
+        ModelConfig("broken", inputs=(spec("x", "FP32", [2]),), outputs=(spec("y", "FP32", [2]),), max_batch_size=4),
+        Poison(),
+    )
+    (broken / "1" / "model.pt").write_bytes(b"this is not a TorchScript archive")
+    return root

@@ -9,13 +9,16 @@ When to start a batch is the whole policy:
 
 * An idle model never waits: a request that finds the worker free and no recent traffic runs at
   once, alone. That is what a single client sees every time.
-* Under load the worker expects as many rows as the previous batch had, because closed-loop
-  callers come back: the clients of the batch that just finished send their next request
-  within a round trip. It waits for that many rows (never more than `max_batch_size`), but no
-  longer than `max_queue_delay_ms` after the oldest queued request arrived, and no longer than
-  half the previous forward pass took, so cheap models (where batching gains little) never wait
-  long. Without this, two groups of callers alternate into half-size batches, which costs a
-  compute-bound model a third of its throughput.
+* Under load the worker expects as many rows as were active around the previous batch (its own
+  rows plus those that queued while it ran), because closed-loop callers come back: the
+  clients of the batch that just finished send their next request within a round trip. A free
+  worker holds the queue back until that many rows are there (never more than
+  `max_batch_size`), but no longer than `max_queue_delay_ms`, and no longer than half the
+  previous forward pass took, so cheap models (where batching gains little) never wait long.
+  The hold is counted from when the worker became free or the request arrived, whichever is
+  later: time spent queued behind a running forward pass is queueing, not batching delay.
+  Without the hold, callers split into two groups that alternate into half-size batches,
+  which costs a compute-bound model a third of its throughput.
 * Requests whose non-batch shapes differ are never mixed: a batch takes the oldest request's
   shape and the queued requests with the same shape; others wait for a later batch.
 * If a batched forward pass raises, every request of that batch is run again alone, so one bad
@@ -45,8 +48,9 @@ log = logging.getLogger(__name__)
 ShapeKey = tuple[tuple[int, ...], ...]
 RunFn = Callable[[Sequence[Array], int], list[Array]]
 
-# Fraction of the previous forward pass a batch may wait for more rows (see module docstring).
-FILL_WAIT_FRACTION = 0.5
+# Without a measured single-row time, the fixed cost of a pass is taken as this fraction of the
+# previous pass (see module docstring).
+FILL_WAIT_FRACTION = 0.25
 
 
 @dataclass(slots=True)
@@ -67,6 +71,7 @@ class BatchQueue:
         max_batch_size: int,
         max_queue_delay_ms: float,
         preferred_batch_sizes: Sequence[int] = (),
+        single_row_seconds: float | None = None,
         metrics: ModelMetrics,
     ) -> None:
         self.name = name
@@ -77,13 +82,14 @@ class BatchQueue:
         self._preferred = sorted(size for size in preferred_batch_sizes if size <= self._max_rows)
         self._metrics = metrics
         self._queue: collections.deque[PendingRequest] = collections.deque()
-        self._rows_by_key: dict[ShapeKey, int] = collections.defaultdict(int)
+        self._rows_by_key: collections.defaultdict[ShapeKey, int] = collections.defaultdict(int)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self._arrival = asyncio.Event()
         self._fill_target = 0  # rows the worker waits for; 0 when it is not waiting for a fill
         self._fill_key: ShapeKey | None = None
         self._expected_rows = 1
         self._last_compute = 0.0
+        self._single_row = single_row_seconds  # fixed cost of a forward pass, as measured
         self._last_finish = 0.0
         self._busy = False
         self._closed = False
@@ -144,7 +150,10 @@ class BatchQueue:
             finished = time.perf_counter()
             self._last_compute = finished - started
             self._last_finish = finished
-            self._expected_rows = max(1, rows)
+            self._expected_rows = max(1, rows) + sum(self._rows_by_key.values())
+            if rows == 1:
+                last = self._last_compute
+                self._single_row = last if self._single_row is None else 0.8 * self._single_row + 0.2 * last
             self._metrics.compute_duration.observe(self._last_compute)
             self._metrics.batch_size.observe(max(rows, 1))
             for request, result in zip(batch, results, strict=True):
@@ -164,9 +173,13 @@ class BatchQueue:
         if now - self._last_finish > max(self._max_delay, self._last_compute):
             self._expected_rows = 1  # the model was idle: whoever comes first runs at once
         target = min(self._max_rows, self._expected_rows)
-        if self._rows_by_key[head.key] >= target:
+        if self._rows_by_key.get(head.key, 0) >= target:
             return
-        deadline = head.enqueued + min(self._max_delay, FILL_WAIT_FRACTION * self._last_compute)
+        fixed_cost = (
+            self._single_row if self._single_row is not None else FILL_WAIT_FRACTION * self._last_compute
+        )
+        hold = min(self._max_delay, fixed_cost)
+        deadline = max(head.enqueued, self._last_finish) + hold
         if deadline <= now:
             return
         self._fill_target, self._fill_key = target, head.key
@@ -180,13 +193,13 @@ class BatchQueue:
 
     def _take_batch(self) -> list[PendingRequest]:
         head = self._queue.popleft()
-        self._rows_by_key[head.key] -= max(head.rows, 1)
+        self._dequeued(head)
         batch = [head]
         if not self._batched:
             return batch
         limit = self._max_rows
         if self._preferred:
-            available = min(self._rows_by_key[head.key] + head.rows, limit)
+            available = min(self._rows_by_key.get(head.key, 0) + head.rows, limit)
             fitting = [size for size in self._preferred if size <= available]
             if fitting:
                 limit = fitting[-1]
@@ -197,13 +210,20 @@ class BatchQueue:
             if request.key == head.key and rows + request.rows <= limit:
                 batch.append(request)
                 rows += request.rows
-                self._rows_by_key[request.key] -= request.rows
+                self._dequeued(request)
             else:
                 kept.append(request)
                 if request.key == head.key:
                     break  # the next same-shape request does not fit: keep FIFO order from here
         self._queue.extendleft(reversed(kept))
         return batch
+
+    def _dequeued(self, request: PendingRequest) -> None:
+        left = self._rows_by_key[request.key] - max(request.rows, 1)
+        if left:
+            self._rows_by_key[request.key] = left
+        else:
+            del self._rows_by_key[request.key]  # variable shapes must not grow this map forever
 
     def _compute(self, batch: list[PendingRequest], rows: int) -> list[list[Array] | BaseException]:
         """Runs in the model's thread: concatenate, forward, split."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,8 +181,7 @@ def _load_model(
         from kubemaas_server.runtime import ModelRuntime  # torch loads only when a model does
 
         runtime = ModelRuntime(config, model_dir / version / MODEL_FILE, device=device)
-        if warm_up:
-            runtime.warm_up()
+        single_row_seconds = runtime.warm_up() if warm_up else None
     except Exception as error:  # any failure of one model must leave the others serving
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         return ServedModel(name, ModelState.FAILED, config=config, reason=reason)
@@ -195,6 +195,7 @@ def _load_model(
         max_batch_size=config.max_batch_size,
         max_queue_delay_ms=config.dynamic_batching.max_queue_delay_ms,
         preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
+        single_row_seconds=single_row_seconds,
         metrics=metrics.for_model(name),
     )
     return ServedModel(
@@ -215,13 +216,17 @@ def save_model(repository: Path, config: ModelConfig, module: Any, *, version: i
 
     if version < 1:
         raise ValueError("version must be a positive integer")
-    scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module.eval())
-    model_dir = repository / config.name
-    write_model_config(config, model_dir)
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    path = version_dir / MODEL_FILE
-    torch.jit.save(scripted, os.fspath(path))
+    with warnings.catch_warnings():
+        # torch 2.9+ marks TorchScript deprecated; it stays the format of DESIGN.md until a
+        # torch.export loader exists, so the warning tells our users nothing they can act on.
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module.eval())
+        model_dir = repository / config.name
+        write_model_config(config, model_dir)
+        version_dir = model_dir / str(version)
+        version_dir.mkdir(parents=True, exist_ok=True)
+        path = version_dir / MODEL_FILE
+        torch.jit.save(scripted, os.fspath(path))
     return path
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -80,7 +82,9 @@ class ModelRuntime:
         self.compute_dtype = TORCH_DTYPES[config.dtype] if config.dtype else None
         if not model_file.is_file():
             raise FileNotFoundError(f"{model_file} does not exist")
-        module = torch.jit.load(os.fspath(model_file), map_location=self.device)  # type: ignore[no-untyped-call]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+            module = torch.jit.load(os.fspath(model_file), map_location=self.device)  # type: ignore[no-untyped-call]
         if not isinstance(module, torch.jit.ScriptModule):
             raise TypeError(f"{model_file} is not a TorchScript module")
         module.eval()
@@ -89,18 +93,26 @@ class ModelRuntime:
         self.module = module
         self._is_cpu = self.device.type == "cpu"
 
-    def warm_up(self) -> None:
-        """One forward pass on zeros, when every dimension is known: the first TorchScript call
-        is slow (it profiles and optimises the graph), and a model that cannot run its own
-        signature should fail at load, not on the first request."""
+    def warm_up(self) -> float | None:
+        """Forward passes on zeros, when every dimension is known: the first TorchScript calls
+        are slow (they profile and optimise the graph), and a model that cannot run its own
+        signature should fail at load, not on the first request.
+
+        Returns the time of one single-row pass (the fastest of three), an estimate of the
+        fixed cost of any forward pass, which the batcher weighs against waiting; None when
+        no warm-up was possible."""
         if any(spec.datatype == DataType.BYTES or -1 in spec.shape for spec in self.config.inputs):
-            return
+            return None
         rows = (1,) if self.config.batched else ()
         inputs = [
             np.zeros(rows + spec.shape, dtype=NUMPY_DTYPES[spec.datatype]) for spec in self.config.inputs
         ]
-        for _ in range(2):
+        timings = []
+        for _ in range(5):
+            started = time.perf_counter()
             self.run(inputs, rows=rows[0] if rows else 0)
+            timings.append(time.perf_counter() - started)
+        return min(timings[2:])
 
     def run(self, inputs: Sequence[Array], *, rows: int) -> list[Array]:
         """Forward pass on whole-batch arrays; `rows` is the batch size (0 for unbatched models)."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
-
 from kubemaas_server.model_config import DataType, DynamicBatching, ModelConfig, TensorSpec
 from kubemaas_server.repository import save_model
 
@@ -18,7 +18,7 @@ class Mlp(torch.nn.Module):
     def __init__(self, sizes: list[int]) -> None:
         super().__init__()
         layers: list[torch.nn.Module] = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
         self.net = torch.nn.Sequential(*layers[:-1])
 
@@ -86,7 +86,16 @@ class Kinds(torch.nn.Module):
         f16: torch.Tensor,
         bf16: torch.Tensor,
         f64: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+    ]:
         return ~b, i8 + 1, i16 + 1, i32 + 1, u8 + 1, f16 + 1, bf16 + 1, f64 + 1
 
 
@@ -109,7 +118,12 @@ def build_repository(root: Path) -> Path:
     # Version 1 of mlp is older; version 2 must be served (a differently seeded net).
     save_model(
         root,
-        ModelConfig("mlp", inputs=(spec("input", "FP32", [16]),), outputs=(spec("output", "FP32", [4]),), max_batch_size=8),
+        ModelConfig(
+            "mlp",
+            inputs=(spec("input", "FP32", [16]),),
+            outputs=(spec("output", "FP32", [4]),),
+            max_batch_size=8,
+        ),
         Mlp([16, 32, 4]),
         version=2,
     )
@@ -173,8 +187,38 @@ def build_repository(root: Path) -> Path:
     broken = root / "broken"
     save_model(
         root,
-        ModelConfig("broken", inputs=(spec("x", "FP32", [2]),), outputs=(spec("y", "FP32", [2]),), max_batch_size=4),
+        ModelConfig(
+            "broken", inputs=(spec("x", "FP32", [2]),), outputs=(spec("y", "FP32", [2]),), max_batch_size=4
+        ),
         Poison(),
     )
     (broken / "1" / "model.pt").write_bytes(b"this is not a TorchScript archive")
+    return root
+
+
+class Busy(torch.nn.Module):
+    """Runs for as many matmul rounds as its input says, so a test controls how long a request takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(128, 128) / 12.0)
+
+    def forward(self, rounds: torch.Tensor) -> torch.Tensor:
+        y = self.weight
+        for _ in range(int(rounds.max().item())):
+            y = torch.tanh(y @ self.weight)
+        return rounds + 0.0 * y.sum()
+
+
+def build_busy_repository(root: Path) -> Path:
+    save_model(
+        root,
+        ModelConfig(
+            "busy",
+            inputs=(spec("rounds", "FP32", [1]),),
+            outputs=(spec("out", "FP32", [1]),),
+            max_batch_size=8,
+        ),
+        Busy(),
+    )
     return root

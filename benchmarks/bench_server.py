@@ -1,0 +1,392 @@
+"""`make bench-server`: kubemaas serve against MLServer 1.7 and the in-process limit.
+
+In one invocation on one machine, for two models (a small MLP 256-1024-1024-10, overhead-bound,
+and a wide MLP 256-4096-4096-10, compute-bound), all with torch threads 1:
+
+  (a) the in-process forward pass at batch 64, the limit any server can approach;
+  (b) `kubemaas serve` (dynamic batching, max_batch_size 64);
+  (c) MLServer 1.7.1 with adaptive batching (max_batch_size 64, max_batch_time 5 ms,
+      parallel_workers 0), serving the same TorchScript file through a small custom runtime.
+
+Each server gets the same closed-loop load from `benchmarks/server/loadgen.py`, a separate
+process: 1 and 64 concurrent clients sending single-sample requests over gRPC for a fixed time.
+The table (throughput, p50, p99, ratios) is printed and written to docs/benchmarks-server.md.
+
+MLServer's dependencies clash with ours (grpcio, protobuf), so it lives in its own virtualenv
+under the user's cache directory, created on the first run. That venv borrows torch from ours
+through a .pth line appended to its search path (its own packages come first), instead of a
+second multi-gigabyte download of the same torch build.
+
+    python benchmarks/bench_server.py [--duration 10] [--warmup 2] [--no-mlserver] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from kubemaas_server.model_config import DataType, Device, DynamicBatching, ModelConfig, TensorSpec
+from kubemaas_server.proto import grpc_service_pb2 as pb
+from kubemaas_server.repository import save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+MLSERVER_VERSION = "1.7.1"
+MAX_BATCH = 64
+CONCURRENCY = (1, 64)
+MODELS = {"small": [256, 1024, 1024, 10], "wide": [256, 4096, 4096, 10]}
+LOADGEN = ROOT / "benchmarks" / "server" / "loadgen.py"
+DOC = ROOT / "docs" / "benchmarks-server.md"
+# kubemaas holds a free model back for at most this long while a batch fills (and never more
+# than half a forward pass: see kubemaas_server.batcher). MLServer's window is 5 ms.
+KUBEMAAS_MAX_QUEUE_DELAY_MS = 20.0
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
+        self.net = torch.nn.Sequential(*layers[:-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class Row:
+    model: str
+    system: str
+    clients: str
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def log(message: str) -> None:
+    print(f"[bench-server] {message}", file=sys.stderr, flush=True)
+
+
+def build_repository(root: Path) -> dict[str, Path]:
+    torch.manual_seed(0)
+    files = {}
+    for name, sizes in MODELS.items():
+        config = ModelConfig(
+            name,
+            inputs=(TensorSpec("input", DataType.FP32, (sizes[0],)),),
+            outputs=(TensorSpec("output", DataType.FP32, (sizes[-1],)),),
+            max_batch_size=MAX_BATCH,
+            dynamic_batching=DynamicBatching(max_queue_delay_ms=KUBEMAAS_MAX_QUEUE_DELAY_MS),
+            device=Device.CPU,
+        )
+        files[name] = save_model(root, config, Mlp(sizes))
+    return files
+
+
+def in_process_limit(model_file: Path, duration: float) -> Row:
+    torch.set_num_threads(1)
+    module = torch.jit.load(str(model_file)).eval()
+    batch = torch.randn(MAX_BATCH, 256)
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):
+            module(batch)
+        stop = time.perf_counter() + duration
+        while time.perf_counter() < stop:
+            started = time.perf_counter()
+            module(batch)
+            times.append(time.perf_counter() - started)
+    values = np.array(times) * 1000.0
+    return Row(
+        model_file.parent.parent.name,
+        "in-process forward, batch 64",
+        "-",
+        MAX_BATCH * len(times) / sum(times),
+        float(np.percentile(values, 50)),
+        float(np.percentile(values, 99)),
+    )
+
+
+def wait_ready(target: str, process: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerReady",
+            request_serializer=pb.ServerReadyRequest.SerializeToString,
+            response_deserializer=pb.ServerReadyResponse.FromString,
+        )
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+            try:
+                if ready(pb.ServerReadyRequest(), timeout=2).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+    raise TimeoutError(f"server at {target} not ready after {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def load(target: str, model: str, clients: int, args: argparse.Namespace) -> dict[str, float]:
+    command = [
+        sys.executable, str(LOADGEN), "--target", target, "--model", model,
+        "--concurrency", str(clients), "--duration", str(args.duration), "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def run_server(
+    name: str, command: list[str], target: str, env: dict[str, str], args: argparse.Namespace, log_file: Path
+) -> list[Row]:
+    rows = []
+    with log_file.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(target, process)
+            for model in MODELS:
+                for clients in CONCURRENCY:
+                    result = load(target, model, clients, args)
+                    log(f"{name} {model} clients={clients}: {result}")
+                    if result["errors"]:
+                        raise RuntimeError(f"{name} answered {result['errors']} requests with errors")
+                    rows.append(
+                        Row(
+                            model,
+                            name,
+                            str(clients),
+                            result["throughput"],
+                            result["p50_ms"],
+                            result["p99_ms"],
+                        )
+                    )
+        finally:
+            stop(process)
+    return rows
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubemaas"
+
+
+def mlserver_venv() -> Path:
+    """Creates (once) the MLServer virtualenv; returns its folder."""
+    venv = cache_dir() / "bench-venv-mlserver"
+    mlserver = venv / "bin" / "mlserver"
+    stamp = venv / f".installed-{MLSERVER_VERSION}"
+    if not stamp.exists():
+        log(f"creating {venv} with mlserver=={MLSERVER_VERSION} (first run only)")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                f"mlserver=={MLSERVER_VERSION}",
+            ],
+            check=True,
+        )
+        stamp.touch()
+    # torch comes from our own venv, after everything MLServer's venv has.
+    site = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "kubemaas-borrowed-torch.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    if not mlserver.exists():
+        raise FileNotFoundError(f"{mlserver} is missing; delete {venv} and run again")
+    return venv
+
+
+def mlserver_repository(root: Path, files: dict[str, Path], ports: dict[str, int]) -> Path:
+    repo = root / "mlserver"
+    repo.mkdir()
+    settings = {
+        "debug": False,
+        "host": "127.0.0.1",
+        "http_port": ports["http"],
+        "grpc_port": ports["grpc"],
+        "metrics_port": ports["metrics"],
+        "parallel_workers": 0,
+        "load_models_at_startup": True,
+    }
+    (repo / "settings.json").write_text(json.dumps(settings, indent=2))
+    for name, model_file in files.items():
+        folder = repo / name
+        folder.mkdir()
+        model_settings = {
+            "name": name,
+            "implementation": "mlserver_torchscript.TorchScriptModel",
+            "max_batch_size": MAX_BATCH,
+            "max_batch_time": 0.005,
+            "parameters": {"uri": str(model_file)},
+        }
+        (folder / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+    return repo
+
+
+def ratio(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.2f}x" if denominator else "n/a"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| model | system | clients | throughput (req/s) | p50 (ms) | p99 (ms) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.model} | {row.system} | {row.clients} | {row.throughput:,.0f} | "
+            f"{row.p50_ms:.2f} | {row.p99_ms:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios(rows: list[Row]) -> str:
+    def find(model: str, system: str, clients: str) -> Row | None:
+        return next(
+            (r for r in rows if r.model == model and r.system.startswith(system) and r.clients == clients),
+            None,
+        )
+
+    lines = [
+        "| model | clients | kubemaas / in-process limit | kubemaas / MLServer throughput | p99 kubemaas vs MLServer (ms) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for model in MODELS:
+        limit = find(model, "in-process", "-")
+        for clients in map(str, CONCURRENCY):
+            ours = find(model, "kubemaas", clients)
+            theirs = find(model, "MLServer", clients)
+            if ours is None:
+                continue
+            vs_limit = f"{100 * ours.throughput / limit.throughput:.0f}%" if limit and clients != "1" else "-"
+            vs_ml = ratio(ours.throughput, theirs.throughput) if theirs else "n/a"
+            p99 = f"{ours.p99_ms:.1f} vs {theirs.p99_ms:.1f}" if theirs else "n/a"
+            lines.append(f"| {model} | {clients} | {vs_limit} | {vs_ml} | {p99} |")
+    return "\n".join(lines)
+
+
+def write_doc(rows: list[Row], args: argparse.Namespace) -> None:
+    today = datetime.date.today().isoformat()
+    cpu = platform.processor() or platform.machine()
+    text = f"""# Model server benchmark
+
+Produced by `make bench-server` (`benchmarks/bench_server.py`); rewritten on every run.
+
+- date: {today}
+- machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}, torch threads 1 everywhere
+- load: closed loop, single-sample FP32 requests over gRPC from a separate process ({args.duration:g} s measured after {args.warmup:g} s warm-up per cell), one shared channel
+- kubemaas: `kubemaas serve --torch-threads 1`, max_batch_size 64, max_queue_delay_ms {KUBEMAAS_MAX_QUEUE_DELAY_MS:g}
+- MLServer {MLSERVER_VERSION}: adaptive batching max_batch_size 64, max_batch_time 5 ms, parallel_workers 0, custom TorchScript runtime (`benchmarks/server/mlserver_torchscript.py`)
+- in-process limit: the same TorchScript file called at batch 64 in one thread (latency columns: one batch)
+
+{table(rows)}
+
+{ratios(rows)}
+"""
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text)
+    log(f"wrote {DOC}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=2.0, help="discarded seconds before each cell")
+    parser.add_argument("--no-mlserver", action="store_true", help="skip MLServer (no venv needed)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="kubemaas-bench-"))
+    try:
+        files = build_repository(work / "repository")
+        rows = [in_process_limit(files[name], min(args.duration, 5.0)) for name in MODELS]
+        for row in rows:
+            log(f"in-process {row.model}: {row.throughput:.0f} samples/s")
+
+        port = free_port()
+        kubemaas = [
+            sys.executable, "-m", "kubemaas", "serve", "--model-repository", str(work / "repository"),
+            "--grpc-port", str(port), "--metrics-port", "-1", "--torch-threads", "1",
+        ]  # fmt: skip
+        env = dict(os.environ, KUBEMAAS_LOG_LEVEL="WARNING")
+        rows += run_server("kubemaas", kubemaas, f"127.0.0.1:{port}", env, args, work / "kubemaas.log")
+
+        if not args.no_mlserver:
+            venv = mlserver_venv()
+            ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+            repo = mlserver_repository(work, files, ports)
+            command = [str(venv / "bin" / "mlserver"), "start", str(repo)]
+            ml_env = {
+                key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")
+            }
+            ml_env["PYTHONPATH"] = str(ROOT / "benchmarks" / "server")
+            ml_env["OMP_NUM_THREADS"] = "1"
+            rows += run_server(
+                "MLServer " + MLSERVER_VERSION,
+                command,
+                f"127.0.0.1:{ports['grpc']}",
+                ml_env,
+                args,
+                work / "mlserver.log",
+            )
+        order = {name: i for i, name in enumerate(MODELS)}
+        rows.sort(
+            key=lambda r: (order[r.model], r.clients != "-", r.clients, not r.system.startswith("kubemaas"))
+        )
+        print(table(rows))
+        print()
+        print(ratios(rows))
+        if not args.no_write:
+            write_doc(rows, args)
+    except Exception:
+        log(f"failed; server logs are kept in {work}")
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

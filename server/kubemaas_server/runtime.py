@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from kubemaas.logs import kv
+from kubemaas_server.errors import ErrorKind, InferenceError
 from kubemaas_server.model_config import DataType, Device, ModelConfig, TensorSpec
 from kubemaas_server.tensor_codec import NUMPY_DTYPES, Array
 
@@ -126,8 +127,10 @@ class ModelRuntime:
             try:
                 return [item.decode() for item in array.reshape(-1)]
             except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"input {spec.name!r}: BYTES element is not UTF-8 ({error.reason})"
+                raise InferenceError(
+                    ErrorKind.INVALID_ARGUMENT,
+                    f"input {spec.name!r}: this model takes strings and a BYTES element is not UTF-8 "
+                    f"({error.reason})",
                 ) from None
         if spec.datatype == DataType.BF16:
             tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
 from kubemaas.logs import setup_logging
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if not args.model_repository.is_dir():
+        print(f"kubemaas serve: model repository {args.model_repository} is not a directory", file=sys.stderr)
+        return 2
     setup_logging("INFO")
     from kubemaas_server.model_server import ServerOptions, serve
 
@@ -56,5 +60,9 @@ def main(argv: list[str]) -> int:
         grace_seconds=args.grace_seconds,
         warm_up=not args.no_warm_up,
     )
-    asyncio.run(serve(options))
+    try:
+        asyncio.run(serve(options))
+    except OSError as error:  # a port already taken, most often
+        print(f"kubemaas serve: {error}", file=sys.stderr)
+        return 1
     return 0

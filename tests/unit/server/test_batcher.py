@@ -52,8 +52,7 @@ async def submit(queue: BatchQueue, value: float, width: int = 2) -> np.ndarray:
 
 
 async def wait_entered(model: FakeModel) -> None:
-    while not model.entered.is_set():
-        await asyncio.sleep(0.001)
+    assert await asyncio.to_thread(model.entered.wait, 10)
     model.entered.clear()
 
 

@@ -171,33 +171,52 @@ def load(target: str, model: str, clients: int, args: argparse.Namespace) -> dic
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def run_server(
-    name: str, command: list[str], target: str, env: dict[str, str], args: argparse.Namespace, log_file: Path
-) -> list[Row]:
-    rows = []
-    with log_file.open("wb") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            wait_ready(target, process)
-            for model in MODELS:
-                for clients in CONCURRENCY:
-                    result = load(target, model, clients, args)
-                    log(f"{name} {model} clients={clients}: {result}")
-                    if result["errors"]:
-                        raise RuntimeError(f"{name} answered {result['errors']} requests with errors")
-                    rows.append(
-                        Row(
-                            model,
-                            name,
-                            str(clients),
-                            result["throughput"],
-                            result["p50_ms"],
-                            result["p99_ms"],
-                        )
-                    )
-        finally:
-            stop(process)
-    return rows
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    target: str
+    env: dict[str, str]
+    log_file: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_file.open("wb") as output:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=output, stderr=subprocess.STDOUT
+            )
+        wait_ready(self.target, self.process)
+        log(f"{self.name} ready at {self.target}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
+def measure(server: Server, model: str, clients: int, args: argparse.Namespace) -> Row:
+    result = load(server.target, model, clients, args)
+    log(f"{server.name} {model} clients={clients}: {json.dumps(result)}")
+    if result["errors"]:
+        raise RuntimeError(f"{server.name} answered {result['errors']} requests with errors")
+    return Row(model, server.name, str(clients), result["throughput"], result["p50_ms"], result["p99_ms"])
+
+
+def median_rows(rows: list[Row]) -> list[Row]:
+    """One row per (model, system, clients): the median of each column over the repeats."""
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.model, row.system, row.clients), []).append(row)
+    return [
+        Row(
+            model,
+            system,
+            clients,
+            float(np.median([r.throughput for r in group])),
+            float(np.median([r.p50_ms for r in group])),
+            float(np.median([r.p99_ms for r in group])),
+        )
+        for (model, system, clients), group in groups.items()
+    ]
 
 
 def cache_dir() -> Path:
@@ -315,7 +334,7 @@ Produced by `make bench-server` (`benchmarks/bench_server.py`); rewritten on eve
 
 - date: {today}
 - machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}, torch threads 1 everywhere
-- load: closed loop, single-sample FP32 requests over gRPC from a separate process ({args.duration:g} s measured after {args.warmup:g} s warm-up per cell), one shared channel
+- load: closed loop, single-sample FP32 requests over gRPC from a separate process ({args.duration:g} s measured after {args.warmup:g} s warm-up per cell), one shared channel; both servers up at once, cells interleaved, {args.repeat} rounds, medians shown
 - kubemaas: `kubemaas serve --torch-threads 1`, max_batch_size 64, max_queue_delay_ms {KUBEMAAS_MAX_QUEUE_DELAY_MS:g}
 - MLServer {MLSERVER_VERSION}: adaptive batching max_batch_size 64, max_batch_time 5 ms, parallel_workers 0, custom TorchScript runtime (`benchmarks/server/mlserver_torchscript.py`)
 - in-process limit: the same TorchScript file called at batch 64 in one thread (latency columns: one batch)
@@ -333,45 +352,60 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="rounds over every cell; the table shows medians"
+    )
     parser.add_argument("--warmup", type=float, default=2.0, help="discarded seconds before each cell")
     parser.add_argument("--no-mlserver", action="store_true", help="skip MLServer (no venv needed)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="kubemaas-bench-"))
+    servers: list[Server] = []
     try:
         files = build_repository(work / "repository")
-        rows = [in_process_limit(files[name], min(args.duration, 5.0)) for name in MODELS]
-        for row in rows:
-            log(f"in-process {row.model}: {row.throughput:.0f} samples/s")
-
         port = free_port()
         kubemaas = [
             sys.executable, "-m", "kubemaas", "serve", "--model-repository", str(work / "repository"),
             "--grpc-port", str(port), "--metrics-port", "-1", "--torch-threads", "1",
         ]  # fmt: skip
         env = dict(os.environ, KUBEMAAS_LOG_LEVEL="WARNING")
-        rows += run_server("kubemaas", kubemaas, f"127.0.0.1:{port}", env, args, work / "kubemaas.log")
-
+        servers.append(Server("kubemaas", kubemaas, f"127.0.0.1:{port}", env, work / "kubemaas.log"))
         if not args.no_mlserver:
             venv = mlserver_venv()
             ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
             repo = mlserver_repository(work, files, ports)
-            command = [str(venv / "bin" / "mlserver"), "start", str(repo)]
             ml_env = {
                 key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")
             }
             ml_env["PYTHONPATH"] = str(ROOT / "benchmarks" / "server")
             ml_env["OMP_NUM_THREADS"] = "1"
-            rows += run_server(
-                "MLServer " + MLSERVER_VERSION,
-                command,
-                f"127.0.0.1:{ports['grpc']}",
-                ml_env,
-                args,
-                work / "mlserver.log",
+            command = [str(venv / "bin" / "mlserver"), "start", str(repo)]
+            servers.append(
+                Server(
+                    f"MLServer {MLSERVER_VERSION}",
+                    command,
+                    f"127.0.0.1:{ports['grpc']}",
+                    ml_env,
+                    work / "mlserver.log",
+                )
             )
+        # Both servers stay up (idle ones cost nothing) and the cells interleave, so a change in
+        # the machine's background load hits every system alike instead of one of them.
+        for server in servers:
+            server.start()
+        samples: list[Row] = []
+        for repeat in range(args.repeat):
+            log(f"round {repeat + 1} of {args.repeat}")
+            for model in MODELS:
+                limit = in_process_limit(files[model], min(args.duration, 5.0))
+                log(f"in-process {model}: {limit.throughput:.0f} samples/s")
+                samples.append(limit)
+                for clients in CONCURRENCY:
+                    for server in servers:
+                        samples.append(measure(server, model, clients, args))
+        rows = median_rows(samples)
         order = {name: i for i, name in enumerate(MODELS)}
         rows.sort(
             key=lambda r: (order[r.model], r.clients != "-", r.clients, not r.system.startswith("kubemaas"))
@@ -384,6 +418,9 @@ def main() -> int:
     except Exception:
         log(f"failed; server logs are kept in {work}")
         raise
+    finally:
+        for server in servers:
+            server.stop()
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

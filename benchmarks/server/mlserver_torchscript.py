@@ -2,12 +2,16 @@
 identical model in `benchmarks/bench_server.py`.
 
 It follows the shape of MLServer's own runtimes (mlserver-sklearn, mlserver-xgboost): decode the
-request with the codecs, run the model inside `predict`, encode the response. Adaptive batching
-(max_batch_size / max_batch_time in model-settings.json) is MLServer's own. Runs inside the
-MLServer venv, not ours, so it imports nothing from kubemaas.
+request with the codecs, run the model inside `predict`, encode the response. One difference is
+in MLServer's favour: the forward pass runs in a worker thread (torch releases the GIL), so
+MLServer's event loop keeps receiving requests while a batch computes, as kubemaas's does.
+Adaptive batching (max_batch_size / max_batch_time in model-settings.json) is MLServer's own.
+Runs inside the MLServer venv, not ours, so it imports nothing from kubemaas.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 import torch
@@ -25,10 +29,13 @@ class TorchScriptModel(MLModel):  # type: ignore[misc]
             self._module(torch.zeros(1, 256))
         return True
 
-    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        batch = NumpyCodec.decode_input(payload.inputs[0])
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            output = self._module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+            return self._module(torch.from_numpy(batch)).numpy()
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        batch = np.ascontiguousarray(NumpyCodec.decode_input(payload.inputs[0]), dtype=np.float32)
+        output = await asyncio.to_thread(self._forward, batch)
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,

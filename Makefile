@@ -58,8 +58,10 @@ cluster-down: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python -m kubemaas_server.protogen
 
+# kubemaas serve vs MLServer 1.7 vs the in-process limit; writes docs/benchmarks-server.md. MLServer
+# gets its own venv under the user's cache dir on the first run. BENCH_SERVER_ARGS="--duration 5".
 bench-server: $(STAMP)
-	$(BIN)/python benchmarks/bench_server.py
+	$(BIN)/python benchmarks/bench_server.py $(BENCH_SERVER_ARGS)
 
 bench-operator: $(STAMP) tools
 	$(BIN)/python benchmarks/bench_operator.py

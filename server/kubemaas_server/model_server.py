@@ -116,9 +116,11 @@ class ModelServer:
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE), self._server, pool=pool
         )
-        self.grpc_port = self._server.add_insecure_port(_address(self.options.host, self.options.grpc_port))
-        if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC port {self.options.host}:{self.options.grpc_port}")
+        address = _address(self.options.host, self.options.grpc_port)
+        try:
+            self.grpc_port = self._server.add_insecure_port(address)
+        except RuntimeError as error:  # grpc reports a failed bind this way
+            raise OSError(f"cannot bind the gRPC port {address}: is it in use?") from error
         self.registry.start()
         await self._server.start()
         await self._publish_health()

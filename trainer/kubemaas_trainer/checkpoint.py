@@ -73,7 +73,9 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     found = []
     for path in entries:
         match = _CHECKPOINT_NAME.fullmatch(path.name)
-        if match and path.is_file():
+        # Only the exact name `checkpoint_path` gives (step-99.pt is not step 99's file), so the
+        # step read from a listing always leads back to the same file.
+        if match and path.name == checkpoint_path(directory, int(match.group(1))).name and path.is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
 

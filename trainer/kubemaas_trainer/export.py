@@ -36,7 +36,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeAlias
@@ -137,19 +139,20 @@ def export_model(
     failure: BaseException | None = None
     if is_main():
         try:
-            outcome = _export_here(
-                module,
-                example_inputs,
-                output_dir,
-                name=name,
-                inputs=inputs,
-                outputs=outputs,
-                max_batch_size=max_batch_size,
-                method=ExportMethod(method),
-                dynamic_batching=dynamic_batching,
-                device=Device(device),
-                dtype=None if dtype is None else DataType(dtype),
-            )
+            with _quiet_torchscript_deprecation():
+                outcome = _export_here(
+                    module,
+                    example_inputs,
+                    output_dir,
+                    name=name,
+                    inputs=inputs,
+                    outputs=outputs,
+                    max_batch_size=max_batch_size,
+                    method=ExportMethod(method),
+                    dynamic_batching=dynamic_batching,
+                    device=Device(device),
+                    dtype=None if dtype is None else DataType(dtype),
+                )
         except Exception as error:
             failure = error
             outcome = f"{type(error).__name__}: {error}"
@@ -166,6 +169,15 @@ def export_model(
             "call kubemaas_trainer.distributed.init() first"
         )
     raise ExportError(f"export failed on rank 0: {outcome}")
+
+
+@contextmanager
+def _quiet_torchscript_deprecation() -> Iterator[None]:
+    # torch marks torch.jit as deprecated in favour of torch.export; TorchScript is still what
+    # the model repository holds (see DESIGN), so the warning tells the user nothing to act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
+        yield
 
 
 def _export_here(
@@ -459,7 +471,7 @@ def _publish(program: torch.jit.ScriptModule, config: ModelConfig, model_dir: Pa
         # mkdtemp makes the folder private (0700); the server may run as another user.
         os.chmod(staging, 0o755)
         model_file = staging / MODEL_FILE
-        torch.jit.save(program, os.fspath(model_file))  # type: ignore[no-untyped-call]
+        torch.jit.save(program, os.fspath(model_file))
         _fsync_file(model_file)
         write_model_config(config, staging)
         _fsync_file(staging / MODEL_CONFIG_FILE)

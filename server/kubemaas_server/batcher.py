@@ -13,12 +13,13 @@ When to start a batch is the whole policy:
   rows plus those that queued while it ran), because closed-loop callers come back: the
   clients of the batch that just finished send their next request within a round trip. A free
   worker holds the queue back until that many rows are there (never more than
-  `max_batch_size`), but no longer than `max_queue_delay_ms`, and no longer than half the
-  previous forward pass took, so cheap models (where batching gains little) never wait long.
-  The hold is counted from when the worker became free or the request arrived, whichever is
-  later: time spent queued behind a running forward pass is queueing, not batching delay.
-  Without the hold, callers split into two groups that alternate into half-size batches,
-  which costs a compute-bound model a third of its throughput.
+  `max_batch_size`), but no longer than `max_queue_delay_ms`, and no longer than the split
+  penalty: what running a full batch as two halves costs over running it whole
+  (`2 * T(n/2) - T(n)`, measured at warm-up). Holding only pays while it costs less than the
+  extra pass it saves; for a cheap, overhead-bound model that is a fraction of a millisecond,
+  for a compute-bound one it is several milliseconds. The hold is counted from when the worker
+  became free or the request arrived, whichever is later: time spent queued behind a running
+  forward pass is queueing, not batching delay.
 * Requests whose non-batch shapes differ are never mixed: a batch takes the oldest request's
   shape and the queued requests with the same shape; others wait for a later batch.
 * If a batched forward pass raises, every request of that batch is run again alone, so one bad
@@ -48,8 +49,8 @@ log = logging.getLogger(__name__)
 ShapeKey = tuple[tuple[int, ...], ...]
 RunFn = Callable[[Sequence[Array], int], list[Array]]
 
-# Without a measured single-row time, the fixed cost of a pass is taken as this fraction of the
-# previous pass (see module docstring).
+# Without a measured split penalty (models with variable shapes skip the warm-up), it is taken
+# as this fraction of the previous pass (see module docstring).
 FILL_WAIT_FRACTION = 0.25
 
 
@@ -71,7 +72,7 @@ class BatchQueue:
         max_batch_size: int,
         max_queue_delay_ms: float,
         preferred_batch_sizes: Sequence[int] = (),
-        single_row_seconds: float | None = None,
+        split_penalty_seconds: float | None = None,
         metrics: ModelMetrics,
     ) -> None:
         self.name = name
@@ -89,7 +90,7 @@ class BatchQueue:
         self._fill_key: ShapeKey | None = None
         self._expected_rows = 1
         self._last_compute = 0.0
-        self._single_row = single_row_seconds  # fixed cost of a forward pass, as measured
+        self._split_penalty = split_penalty_seconds  # 2*T(n/2) - T(n), measured at warm-up
         self._last_finish = 0.0
         self._busy = False
         self._closed = False
@@ -151,9 +152,6 @@ class BatchQueue:
             self._last_compute = finished - started
             self._last_finish = finished
             self._expected_rows = max(1, rows) + sum(self._rows_by_key.values())
-            if rows == 1:
-                last = self._last_compute
-                self._single_row = last if self._single_row is None else 0.8 * self._single_row + 0.2 * last
             self._metrics.compute_duration.observe(self._last_compute)
             self._metrics.batch_size.observe(max(rows, 1))
             for request, result in zip(batch, results, strict=True):
@@ -175,10 +173,10 @@ class BatchQueue:
         target = min(self._max_rows, self._expected_rows)
         if self._rows_by_key.get(head.key, 0) >= target:
             return
-        fixed_cost = (
-            self._single_row if self._single_row is not None else FILL_WAIT_FRACTION * self._last_compute
-        )
-        hold = min(self._max_delay, fixed_cost)
+        penalty = self._split_penalty
+        if penalty is None:
+            penalty = FILL_WAIT_FRACTION * self._last_compute
+        hold = min(self._max_delay, penalty)
         deadline = max(head.enqueued, self._last_finish) + hold
         if deadline <= now:
             return

@@ -166,8 +166,8 @@ def test_under_load_a_free_model_holds_briefly_for_returning_callers() -> None:
     model = FakeModel()
 
     async def scenario() -> None:
-        # A measured fixed cost of 1 s per pass makes waiting (up to the 300 ms delay) worth it.
-        queue = queue_for(model, max_queue_delay_ms=300.0, single_row_seconds=1.0)
+        # A measured split penalty of 1 s makes waiting (up to the 300 ms delay) worth it.
+        queue = queue_for(model, max_queue_delay_ms=300.0, split_penalty_seconds=1.0)
         model.gate.clear()
         first = asyncio.create_task(submit(queue, 0.0))
         await wait_entered(model)
@@ -189,7 +189,7 @@ def test_the_hold_never_exceeds_max_queue_delay() -> None:
     model = FakeModel()
 
     async def scenario() -> float:
-        queue = queue_for(model, max_queue_delay_ms=150.0, single_row_seconds=10.0)
+        queue = queue_for(model, max_queue_delay_ms=150.0, split_penalty_seconds=10.0)
         model.gate.clear()
         first = asyncio.create_task(submit(queue, 0.0))
         await wait_entered(model)

@@ -81,7 +81,7 @@ def test_a_model_that_loses_rows_is_an_error_naming_the_output(tmp_path: Path) -
         runtime.run([np.zeros((3, 2), dtype=np.float32)], rows=3)
 
 
-def test_warm_up_measures_a_single_row_pass(tmp_path: Path) -> None:
+def test_warm_up_measures_the_split_penalty(tmp_path: Path) -> None:
     config = ModelConfig(
         "mlp",
         inputs=(TensorSpec("input", DataType.FP32, (4,)),),

@@ -301,21 +301,15 @@ def table(rows: list[Row]) -> str:
 
 
 def ratios(rows: list[Row]) -> str:
-    def find(model: str, system: str, clients: str) -> Row | None:
-        return next(
-            (r for r in rows if r.model == model and r.system.startswith(system) and r.clients == clients),
-            None,
-        )
-
     lines = [
         "| model | clients | kubemaas / in-process limit | kubemaas / MLServer throughput | p99 kubemaas vs MLServer (ms) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for model in MODELS:
-        limit = find(model, "in-process", "-")
+        limit = find(rows, model, "in-process", "-")
         for clients in map(str, CONCURRENCY):
-            ours = find(model, "kubemaas", clients)
-            theirs = find(model, "MLServer", clients)
+            ours = find(rows, model, "kubemaas", clients)
+            theirs = find(rows, model, "MLServer", clients)
             if ours is None:
                 continue
             vs_limit = f"{100 * ours.throughput / limit.throughput:.0f}%" if limit and clients != "1" else "-"
@@ -325,7 +319,48 @@ def ratios(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(rows: list[Row], args: argparse.Namespace) -> None:
+def find(rows: list[Row], model: str, system: str, clients: str) -> Row | None:
+    return next(
+        (r for r in rows if r.model == model and r.system.startswith(system) and r.clients == clients), None
+    )
+
+
+def targets(rows: list[Row]) -> str:
+    """The issue's acceptance targets, checked against this run."""
+    lines = ["| target | measured | met |", "| --- | --- | :---: |"]
+
+    def check(label: str, measured: str, met: bool) -> None:
+        lines.append(f"| {label} | {measured} | {'yes' if met else 'no'} |")
+
+    limit = find(rows, "wide", "in-process", "-")
+    wide, wide_ml = find(rows, "wide", "kubemaas", "64"), find(rows, "wide", "MLServer", "64")
+    small, small_ml = find(rows, "small", "kubemaas", "64"), find(rows, "small", "MLServer", "64")
+    lone = find(rows, "small", "kubemaas", "1")
+    if wide and limit:
+        share = wide.throughput / limit.throughput
+        check("wide MLP, 64 clients: >= 85% of the in-process limit", f"{100 * share:.0f}%", share >= 0.85)
+    if wide and wide_ml:
+        factor = wide.throughput / wide_ml.throughput
+        check("wide MLP, 64 clients: >= 4x MLServer throughput", f"{factor:.2f}x", factor >= 4)
+        check(
+            "wide MLP, 64 clients: lower p99 than MLServer",
+            f"{wide.p99_ms:.1f} vs {wide_ml.p99_ms:.1f} ms",
+            wide.p99_ms < wide_ml.p99_ms,
+        )
+    if small and small_ml:
+        factor = small.throughput / small_ml.throughput
+        check("small MLP, 64 clients: >= 2x MLServer throughput", f"{factor:.2f}x", factor >= 2)
+        check(
+            "small MLP, 64 clients: lower p99 than MLServer",
+            f"{small.p99_ms:.1f} vs {small_ml.p99_ms:.1f} ms",
+            small.p99_ms < small_ml.p99_ms,
+        )
+    if lone:
+        check("small MLP, 1 client: p50 below 1.5 ms", f"{lone.p50_ms:.2f} ms", lone.p50_ms < 1.5)
+    return "\n".join(lines)
+
+
+def write_doc(rows: list[Row], args: argparse.Namespace, load: tuple[float, float]) -> None:
     today = datetime.date.today().isoformat()
     cpu = platform.processor() or platform.machine()
     text = f"""# Model server benchmark
@@ -342,6 +377,19 @@ Produced by `make bench-server` (`benchmarks/bench_server.py`); rewritten on eve
 {table(rows)}
 
 {ratios(rows)}
+
+Targets of issue 3, checked against this run:
+
+{targets(rows)}
+
+Reading the numbers: this machine has {os.cpu_count()} cores and is shared (other builds ran during the
+run; the 1-minute load average was {load[0]:.1f} at the start and {load[1]:.1f} at the end). Every
+wake-up of a thread waits for a core, which inflates latencies and the gap between a batch's
+answers and the next batch's requests; the cells interleave so that all systems see the same
+conditions, but absolute numbers move by tens of percent between runs. With 64 closed-loop
+clients and max_batch_size 64, no server can overlap a full batch's compute with the next
+batch's arrival: each cycle is a forward pass plus one round trip of 64 requests through Python
+gRPC, which is why the compute-bound share of the in-process limit stays below 100%.
 """
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)
@@ -395,6 +443,7 @@ def main() -> int:
         # the machine's background load hits every system alike instead of one of them.
         for server in servers:
             server.start()
+        load_before = os.getloadavg()[0]
         samples: list[Row] = []
         for repeat in range(args.repeat):
             log(f"round {repeat + 1} of {args.repeat}")
@@ -413,8 +462,10 @@ def main() -> int:
         print(table(rows))
         print()
         print(ratios(rows))
+        print()
+        print(targets(rows))
         if not args.no_write:
-            write_doc(rows, args)
+            write_doc(rows, args, (load_before, os.getloadavg()[0]))
     except Exception:
         log(f"failed; server logs are kept in {work}")
         raise

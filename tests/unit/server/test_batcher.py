@@ -217,3 +217,21 @@ def test_a_closed_queue_refuses_new_requests() -> None:
         assert refused.value.kind == ErrorKind.UNAVAILABLE
 
     run(scenario())
+
+
+def test_preferred_batch_sizes_cut_batches_to_the_largest_preferred_size_queued() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        queue = queue_for(model, preferred_batch_sizes=(2, 4))
+        model.gate.clear()
+        first = asyncio.create_task(submit(queue, 0.0))
+        await wait_entered(model)
+        rest = [asyncio.create_task(submit(queue, float(i))) for i in range(7)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(first, *rest)
+        await queue.close()
+
+    run(scenario())
+    assert model.batches == [1, 4, 2, 1]

@@ -99,11 +99,6 @@ class BatchQueue:
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
 
-    @property
-    def pending(self) -> int:
-        """Requests queued or computing."""
-        return len(self._queue) + (1 if self._busy else 0)
-
     async def submit(self, inputs: list[Array], rows: int, key: ShapeKey) -> list[Array]:
         """Queues one request and returns its outputs (numpy arrays, this caller's rows only)."""
         if self._closed:
@@ -131,7 +126,6 @@ class BatchQueue:
         self._executor.shutdown(wait=True)
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._arrival.clear()
@@ -139,21 +133,12 @@ class BatchQueue:
                 continue
             await self._wait_for_fill()
             batch = self._take_batch()
-            rows = sum(request.rows for request in batch) if self._batched else 0
-            self._busy = True
-            started = time.perf_counter()
-            for request in batch:
-                self._metrics.queue_duration.observe(started - request.enqueued)
             try:
-                results = await loop.run_in_executor(self._executor, self._compute, batch, rows)
-            finally:
-                self._busy = False
-            finished = time.perf_counter()
-            self._last_compute = finished - started
-            self._last_finish = finished
-            self._expected_rows = max(1, rows) + sum(self._rows_by_key.values())
-            self._metrics.compute_duration.observe(self._last_compute)
-            self._metrics.batch_size.observe(max(rows, 1))
+                results = await self._run_batch(batch)
+            except Exception as error:  # a bug here must fail this batch, never stall the queue
+                log.exception("batch worker error", extra=kv(model=self.name))
+                failure = InferenceError(ErrorKind.INTERNAL, f"{type(error).__name__}: {error}")
+                results = [failure] * len(batch)
             for request, result in zip(batch, results, strict=True):
                 if request.future.done():  # the caller went away (cancelled RPC)
                     continue
@@ -161,6 +146,26 @@ class BatchQueue:
                     request.future.set_exception(result)
                 else:
                     request.future.set_result(result)
+
+    async def _run_batch(self, batch: list[PendingRequest]) -> list[list[Array] | BaseException]:
+        rows = sum(request.rows for request in batch) if self._batched else 0
+        self._busy = True
+        started = time.perf_counter()
+        for request in batch:
+            self._metrics.queue_duration.observe(started - request.enqueued)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._compute, batch, rows
+            )
+        finally:
+            self._busy = False
+            finished = time.perf_counter()
+            self._last_compute = finished - started
+            self._last_finish = finished
+            self._expected_rows = max(1, rows) + sum(self._rows_by_key.values())
+        self._metrics.compute_duration.observe(self._last_compute)
+        self._metrics.batch_size.observe(max(rows, 1))
+        return results
 
     async def _wait_for_fill(self) -> None:
         """Under load, waits (bounded) until as many rows as the last batch had are queued."""

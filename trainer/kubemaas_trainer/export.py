@@ -259,12 +259,17 @@ def _output_directory(output_dir: str | os.PathLike[str] | None) -> Path:
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    # DistributedDataParallel's forward would synchronize with the other ranks; export the model inside.
-    while isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        inner = module.module
-        assert isinstance(inner, torch.nn.Module)
+    """The plain module inside wrappers that cannot be exported as they are:
+    DistributedDataParallel (its forward synchronizes with the other ranks) and torch.compile's
+    OptimizedModule (TorchScript cannot see through the compiled frame); both keep the original."""
+    while True:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            inner = module.module
+        else:
+            inner = getattr(module, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return module
         module = inner
-    return module
 
 
 def _example_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -250,3 +250,13 @@ def test_a_ddp_wrapped_model_exports_the_model_inside(
     x = torch.randn(3, 4)
     torch.testing.assert_close(program(x), model(x))
     assert not any("DistributedDataParallel" in name for name in program.code.split())
+
+
+def test_a_compiled_module_exports_the_module_it_wraps(tmp_path: Path) -> None:
+    model = mlp()
+    compiled = torch.compile(model)  # compiles lazily: never run here, only unwrapped
+    assert isinstance(compiled, nn.Module)
+    exported = export_model(compiled, torch.randn(8, 4), tmp_path, **SIGNATURE)
+    program = torch.jit.load(os.fspath(exported.model_file))  # type: ignore[no-untyped-call]
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(program(x), model(x))

@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from kubemaas_trainer import checkpoint, distributed, export
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from kubemaas.logs import kv
+from kubemaas_trainer import checkpoint, distributed, export
 
 FEATURES = 4
 log = logging.getLogger("train_regressor")

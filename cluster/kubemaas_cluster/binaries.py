@@ -38,6 +38,8 @@ class ToolGroup:
     version: str
     packages: dict[str, str]
     ldflags: tuple[str, ...]
+    built_as: dict[str, str]
+    go_env: dict[str, str]
 
     def recipe_hash(self) -> str:
         digest = hashlib.sha256()
@@ -70,6 +72,8 @@ def load_groups(root: Path | None = None) -> list[ToolGroup]:
             version=group["version"],
             packages=dict(group["packages"]),
             ldflags=tuple(group.get("ldflags", [])),
+            built_as=dict(group.get("built_as", {})),
+            go_env=dict(data.get("go", {}).get("go_env", {})),
         )
         for group in data["groups"]
     ]
@@ -109,7 +113,7 @@ def build_group(group: ToolGroup, progress: Progress) -> Path:
     go = _go()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{group.name}-", dir=out.parent))
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"}
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0", **group.go_env}
     argv = [
         go,
         "build",
@@ -137,7 +141,7 @@ def build_group(group: ToolGroup, progress: Progress) -> Path:
         raise RuntimeError(f"go build of {label} failed (exit {rc}):\n" + "\n".join(tail[-25:]))
     # Go names each binary after its package directory; rename to the names the manifest uses.
     for binary, package in group.packages.items():
-        built = staging / package.rstrip("/").rsplit("/", 1)[-1]
+        built = staging / group.built_as.get(binary, package.rstrip("/").rsplit("/", 1)[-1])
         if built.name != binary:
             built.rename(staging / binary)
     if out.exists():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from kubemaas_trainer.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.timeout(180)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from kubemaas_server.model_config import DataType, ModelConfig, TensorSpec, load_model_config
 from kubemaas_trainer.checkpoint import CheckpointStore
 

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 import torch
+
+from kubemaas.logs import kv
 from kubemaas_server.model_config import (
     MODEL_CONFIG_FILE,
     MODEL_FILE,
@@ -58,8 +60,6 @@ from kubemaas_server.model_config import (
     write_model_config,
 )
 from kubemaas_server.runtime import TORCH_DTYPES
-
-from kubemaas.logs import kv
 from kubemaas_trainer.checkpoint import fsync_directory
 from kubemaas_trainer.distributed import broadcast_from_main, is_main, rank
 from kubemaas_trainer.launch_settings import PodEnv

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+
 from kubemaas_trainer import distributed
 from kubemaas_trainer.launch_settings import PodEnv
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from kubemaas_trainer import distributed
 from kubemaas_trainer.checkpoint import CheckpointError, CheckpointStore, checkpoint_path, list_checkpoints
 

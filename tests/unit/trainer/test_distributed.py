@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 import torch.distributed as dist
+
 from kubemaas_trainer import distributed
 from kubemaas_trainer.distributed import DistributedError, placement_from_environment, resolve_backend
 from kubemaas_trainer.launch_settings import Backend

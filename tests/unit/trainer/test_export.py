@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from kubemaas_server.model_config import DataType, ModelConfig, TensorSpec, load_model_config
 from kubemaas_server.runtime import ModelRuntime
 from kubemaas_trainer import distributed
 from kubemaas_trainer.export import ExportError, export_model, next_version
-from torch import nn
 
 
 def mlp() -> nn.Module:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from kubemaas_trainer.launch_settings import (
     DEFAULT_MASTER_PORT,
     Backend,

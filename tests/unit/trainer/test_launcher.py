@@ -11,6 +11,7 @@ from typing import NoReturn
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from kubemaas_trainer import launcher
 from kubemaas_trainer.launch_settings import LaunchConfigError, LaunchSettings
 from kubemaas_trainer.launcher import script_arguments, torchrun_argv

@@ -512,8 +512,6 @@ def main() -> int:
                 samples.append(limit)
                 for clients in CONCURRENCY:
                     for server in servers:
-                        if server is echo and clients != max(CONCURRENCY):
-                            continue  # the transport ceiling matters only under load
                         cell = measure(server, model, clients, args)
                         cell.round = repeat
                         samples.append(cell)

@@ -84,7 +84,7 @@ def _go() -> str:
     if go is None:
         raise ToolchainMissing(
             "the Go toolchain is not installed, and the local control plane is built from Go modules.\n"
-            "  Install Go 1.25 or newer (Debian: `apt-get install golang`), then run the command again;\n"
+            "  Install Go 1.26 or newer (Debian: `apt-get install golang`), then run the command again;\n"
             "  or point KUBECONFIG at a cluster of your own (with Docker: `make kind-up`, see the README)."
         )
     return go
@@ -113,7 +113,14 @@ def build_group(group: ToolGroup, progress: Progress) -> Path:
     go = _go()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{group.name}-", dir=out.parent))
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0", **group.go_env}
+    env = {
+        **os.environ,
+        "GOTOOLCHAIN": "local",
+        "GOFLAGS": "-mod=readonly",
+        "CGO_ENABLED": "0",
+        "GOWORK": "off",
+        **group.go_env,
+    }
     argv = [
         go,
         "build",

@@ -11,6 +11,7 @@ recorded pids and removes that directory.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -163,8 +164,8 @@ def up(options: ClusterOptions, binaries: dict[str, Path], progress: Progress) -
     started_at = time.monotonic()
     records: list[ProcessRecord] = []
 
-    def launch(name: str, argv: list[str]) -> ProcessRecord:
-        record = start_process(name, argv, state_dir / "logs" / f"{name}.log")
+    def launch(name: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessRecord:
+        record = start_process(name, argv, state_dir / "logs" / f"{name}.log", env=env)
         records.append(record)
         # Persist after every start so `down` can clean up even if `up` dies half-way.
         _write_state(
@@ -187,7 +188,7 @@ def _start_all(
     options: ClusterOptions,
     binaries: dict[str, Path],
     progress: Progress,
-    launch: Callable[[str, list[str]], ProcessRecord],
+    launch: Callable[..., ProcessRecord],
     records: list[ProcessRecord],
     started_at: float,
 ) -> ClusterState:
@@ -304,6 +305,8 @@ def _start_all(
             f"--cidr={POD_CIDR}",
             f"--server-address={LOOPBACK}:{free_port()}",
         ],
+        # Without its own workdir kwok also loads ~/.kwok/kwok.yaml, stages and all.
+        env={**os.environ, "KWOK_WORKDIR": str(state_dir / "kwok")},
     )
 
     progress(f"creating {options.nodes.cpu_nodes} CPU and {options.nodes.gpu_nodes} GPU nodes")

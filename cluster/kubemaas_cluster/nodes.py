@@ -26,7 +26,7 @@ class NodePlan:
     cpu_per_node: str = "32"
     memory_per_node: str = "256Gi"
     pods_per_node: int = 110
-    kubernetes_version: str = "v1.36.3"
+    kubernetes_version: str = "v1.36.4"
 
 
 def _node(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import kubernetes
 import pytest
+
 from kubemaas_cluster.binaries import ensure_binaries
 from kubemaas_cluster.controlplane import ClusterOptions, down, up
 from kubemaas_cluster.nodes import NodePlan

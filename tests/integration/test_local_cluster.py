@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from kubemaas_cluster.simulation import SIM_COMPLETE_ANNOTATION
 
+from kubemaas_cluster.simulation import SIM_COMPLETE_ANNOTATION
 from tests.integration.conftest import LocalCluster
 
 pytestmark = pytest.mark.integration

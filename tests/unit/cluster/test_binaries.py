@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from kubemaas_cluster import binaries
 from kubemaas_cluster.binaries import ToolchainMissing, load_groups
 

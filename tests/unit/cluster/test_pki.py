@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from kubemaas_cluster.kubeconfig import render_kubeconfig
 from kubemaas_cluster.pki import create_pki
 

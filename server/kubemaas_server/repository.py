@@ -181,7 +181,8 @@ def _load_model(
         from kubemaas_server.runtime import ModelRuntime  # torch loads only when a model does
 
         runtime = ModelRuntime(config, model_dir / version / MODEL_FILE, device=device)
-        split_penalty_seconds = runtime.warm_up() if warm_up else None
+        if warm_up:
+            runtime.warm_up()
     except Exception as error:  # any failure of one model must leave the others serving
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         return ServedModel(name, ModelState.FAILED, config=config, reason=reason)
@@ -195,7 +196,6 @@ def _load_model(
         max_batch_size=config.max_batch_size,
         max_queue_delay_ms=config.dynamic_batching.max_queue_delay_ms,
         preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
-        split_penalty_seconds=split_penalty_seconds,
         metrics=metrics.for_model(name),
     )
     return ServedModel(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,10 +46,6 @@ TORCH_DTYPES: Final[dict[DataType, torch.dtype]] = {
     DataType.FP32: torch.float32,
     DataType.FP64: torch.float64,
 }
-
-
-# Warm-up passes run at most this many rows, so a huge max_batch_size cannot make loading slow.
-WARM_UP_MAX_ROWS = 256
 
 
 class ModelOutputError(RuntimeError):
@@ -98,40 +93,18 @@ class ModelRuntime:
         self.module = module
         self._is_cpu = self.device.type == "cpu"
 
-    def warm_up(self) -> float | None:
-        """Forward passes on zeros, when every dimension is known: the first TorchScript calls
-        are slow (they profile and optimise the graph), and a model that cannot run its own
-        signature should fail at load, not on the first request.
-
-        For a batching model it also returns the split penalty, `2 * T(n/2) - T(n)` for the
-        largest batch n (capped at WARM_UP_MAX_ROWS): what running one batch as two halves costs
-        over running it whole. The batcher holds a free model for a fuller batch only while
-        waiting costs less than that. None when no warm-up was possible or the model does not
-        batch."""
+    def warm_up(self) -> None:
+        """Two forward passes on zeros, when every dimension is known: the first TorchScript
+        calls are slow (they profile and optimise the graph), and a model that cannot run its
+        own signature should fail at load, not on the first request."""
         if any(spec.datatype == DataType.BYTES or -1 in spec.shape for spec in self.config.inputs):
-            return None
-        if not self.config.batched:
-            inputs = [np.zeros(spec.shape, dtype=NUMPY_DTYPES[spec.datatype]) for spec in self.config.inputs]
-            for _ in range(2):
-                self.run(inputs, rows=0)
-            return None
-        full = min(self.config.max_batch_size, WARM_UP_MAX_ROWS)
-        half = max(1, full // 2)
-        timings = {rows: self._time_pass(rows) for rows in (1, half, full)}
-        return max(0.0, 2 * timings[half] - timings[full]) if full > 1 else None
-
-    def _time_pass(self, rows: int, repeats: int = 3) -> float:
-        """Fastest of `repeats` passes at `rows` rows, after two untimed ones."""
+            return
+        rows = (1,) if self.config.batched else ()
         inputs = [
-            np.zeros((rows, *spec.shape), dtype=NUMPY_DTYPES[spec.datatype]) for spec in self.config.inputs
+            np.zeros(rows + spec.shape, dtype=NUMPY_DTYPES[spec.datatype]) for spec in self.config.inputs
         ]
-        best = float("inf")
-        for attempt in range(2 + repeats):
-            started = time.perf_counter()
-            self.run(inputs, rows=rows)
-            if attempt >= 2:
-                best = min(best, time.perf_counter() - started)
-        return best
+        for _ in range(2):
+            self.run(inputs, rows=rows[0] if rows else 0)
 
     def run(self, inputs: Sequence[Array], *, rows: int) -> list[Array]:
         """Forward pass on whole-batch arrays; `rows` is the batch size (0 for unbatched models)."""

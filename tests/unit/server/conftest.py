@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 import tritonclient.grpc as triton
+
 from kubemaas_server.model_server import ModelServer, ServerOptions
 from kubemaas_server.proto import grpc_service_pb2_grpc as pb_grpc
 

@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import torch
+
 from kubemaas_server.model_config import DataType, DynamicBatching, ModelConfig, TensorSpec
 from kubemaas_server.repository import save_model
 

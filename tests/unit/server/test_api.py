@@ -11,9 +11,10 @@ import torch
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
 from kubemaas_server.proto import grpc_service_pb2 as pb
 from kubemaas_server.proto import grpc_service_pb2_grpc as pb_grpc
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from .conftest import RunningServer
 from .models import KIND_TYPES

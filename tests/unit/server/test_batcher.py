@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from kubemaas_server.batcher import BatchQueue
 from kubemaas_server.errors import ErrorKind, InferenceError
 from kubemaas_server.metrics import ServerMetrics
@@ -19,6 +20,7 @@ class FakeModel:
     """Doubles its input; can be held mid-pass, and raises on negative rows."""
 
     def __init__(self) -> None:
+        self.delay = 0.0  # seconds each pass takes
         self.batches: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
@@ -28,6 +30,7 @@ class FakeModel:
         self.batches.append(rows)
         self.entered.set()
         self.gate.wait(10)
+        time.sleep(self.delay)
         (x,) = inputs
         if (x < 0).any():
             raise RuntimeError("negative row")
@@ -166,8 +169,8 @@ def test_under_load_a_free_model_holds_briefly_for_returning_callers() -> None:
     model = FakeModel()
 
     async def scenario() -> None:
-        # A measured split penalty of 1 s makes waiting (up to the 300 ms delay) worth it.
-        queue = queue_for(model, max_queue_delay_ms=300.0, split_penalty_seconds=1.0)
+        queue = queue_for(model, max_queue_delay_ms=300.0)
+        model.delay = 0.4  # slow passes: holding up to half of one (200 ms) is allowed
         model.gate.clear()
         first = asyncio.create_task(submit(queue, 0.0))
         await wait_entered(model)
@@ -189,7 +192,8 @@ def test_the_hold_never_exceeds_max_queue_delay() -> None:
     model = FakeModel()
 
     async def scenario() -> float:
-        queue = queue_for(model, max_queue_delay_ms=150.0, split_penalty_seconds=10.0)
+        queue = queue_for(model, max_queue_delay_ms=150.0)
+        model.delay = 0.6  # half of a pass would allow a 300 ms hold; the 150 ms delay caps it
         model.gate.clear()
         first = asyncio.create_task(submit(queue, 0.0))
         await wait_entered(model)
@@ -197,6 +201,7 @@ def test_the_hold_never_exceeds_max_queue_delay() -> None:
         await asyncio.sleep(0.05)
         model.gate.set()
         await asyncio.gather(first, *batch)
+        model.delay = 0.0
         started = time.perf_counter()
         await submit(queue, 1.0)  # only one of the four comes back
         elapsed = time.perf_counter() - started

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from kubemaas_server.proto import grpc_service_pb2 as pb
 from kubemaas_server.proto import grpc_service_pb2_grpc as pb_grpc
 

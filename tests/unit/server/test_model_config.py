@@ -12,6 +12,7 @@ import torch
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+
 from kubemaas_server.errors import InferenceError
 from kubemaas_server.metrics import ServerMetrics
 from kubemaas_server.model_config import (

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc.service_pb2 as triton_pb
+
 from kubemaas_server import protogen
 from kubemaas_server.proto import grpc_service_pb2 as pb
 

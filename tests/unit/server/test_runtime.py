@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from kubemaas_server.model_config import DataType, Device, ModelConfig, TensorSpec
 from kubemaas_server.repository import save_model
 from kubemaas_server.runtime import ModelOutputError, ModelRuntime, resolve_device
@@ -81,13 +82,13 @@ def test_a_model_that_loses_rows_is_an_error_naming_the_output(tmp_path: Path) -
         runtime.run([np.zeros((3, 2), dtype=np.float32)], rows=3)
 
 
-def test_warm_up_measures_the_split_penalty(tmp_path: Path) -> None:
+def test_warm_up_catches_a_model_that_cannot_run_its_signature(tmp_path: Path) -> None:
     config = ModelConfig(
         "mlp",
-        inputs=(TensorSpec("input", DataType.FP32, (4,)),),
+        inputs=(TensorSpec("input", DataType.FP32, (5,)),),
         outputs=(TensorSpec("output", DataType.FP32, (2,)),),
         max_batch_size=4,
     )
     runtime = ModelRuntime(config, save_model(tmp_path, config, Mlp([4, 8, 2])))
-    seconds = runtime.warm_up()
-    assert seconds is not None and 0 < seconds < 5
+    with pytest.raises(RuntimeError):
+        runtime.warm_up()

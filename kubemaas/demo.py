@@ -1,0 +1,190 @@
+"""`kubemaas demo`: the main job, end to end, on the local control plane.
+
+Steps, each announced as it starts and timed when it ends:
+  1. bring up the local control plane (real API server, scheduler, controllers; KWOK nodes);
+  2. train the example regressor with `kubemaas train`: torchrun, 2 processes, gloo;
+  3. serve the exported model with `kubemaas serve` and send real gRPC inference requests
+     with tritonclient, checking the answers against the trained model;
+  4. show what the cluster holds.
+Ctrl-C at any point stops what the demo started. By default the cluster goes down at the end;
+`--keep-cluster` leaves it up and prints the KUBECONFIG line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from kubemaas_cluster.binaries import ensure_binaries
+from kubemaas_cluster.controlplane import ClusterOptions, down, free_port, up
+from kubemaas_cluster.paths import default_state_dir, source_root
+
+MODEL_NAME = "regressor"
+
+
+class Step:
+    """Prints `[n/N] title ...` and, on leaving, `done in X s`."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.number = 0
+
+    @contextlib.contextmanager
+    def __call__(self, title: str) -> Iterator[None]:
+        self.number += 1
+        started = time.monotonic()
+        print(f"\n[{self.number}/{self.total}] {title}", flush=True)
+        yield
+        print(f"      done in {time.monotonic() - started:.1f}s", flush=True)
+
+
+def _say(message: str) -> None:
+    print(f"      {message}", flush=True)
+
+
+def _kubemaas() -> list[str]:
+    return [sys.executable, "-m", "kubemaas"]
+
+
+def train(work: Path) -> Path:
+    models = work / "models"
+    script = source_root() / "examples" / "train_regressor.py"
+    argv = [
+        *_kubemaas(),
+        "train",
+        "--workers=1",
+        "--procs-per-worker=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        f"--output-dir={models}",
+        f"--checkpoint-dir={work / 'checkpoints'}",
+        "--",
+        "python",
+        str(script),
+        "--epochs=4",
+        f"--name={MODEL_NAME}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "loss" in line or "export" in line:
+            _say(line.strip()[-140:])
+    if proc.wait() != 0:
+        raise SystemExit(f"training failed with exit code {proc.returncode}")
+    return models
+
+
+@contextlib.contextmanager
+def serving(models: Path) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*_kubemaas(), "serve", f"--model-repository={models}", f"--grpc-port={port}", "--metrics-port=-1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def query(port: int, models: Path) -> None:
+    import torch
+    import tritonclient.grpc as triton
+
+    from kubemaas_server.model_config import load_model_config
+
+    config = load_model_config(models / MODEL_NAME)
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(Exception):
+            if client.is_model_ready(MODEL_NAME):
+                break
+        if time.monotonic() > deadline:
+            raise SystemExit("the model server did not become ready within 60 s")
+        time.sleep(0.2)
+    metadata = client.get_model_metadata(MODEL_NAME)
+    _say(f"model {metadata.name} versions={list(metadata.versions)} platform={metadata.platform}")
+    spec = config.inputs[0]
+    features = spec.shape[-1]
+    rows = np.random.default_rng(7).standard_normal((3, features)).astype(np.float32)
+    tensor = triton.InferInput(spec.name, list(rows.shape), spec.datatype.value)
+    tensor.set_data_from_numpy(rows)
+    answer = client.infer(MODEL_NAME, [tensor], request_id="demo-1")
+    output = answer.as_numpy(config.outputs[0].name)
+    version = max(int(p.name) for p in (models / MODEL_NAME).iterdir() if p.name.isdigit())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ nudges towards torch.export
+        module = torch.jit.load(str(models / MODEL_NAME / str(version) / "model.pt"))  # type: ignore[no-untyped-call]
+    reference = module(torch.from_numpy(rows))
+    for row, value in zip(rows, output, strict=True):
+        _say(f"x[:3]={np.array2string(row[:3], precision=3)}...  ->  y={np.array2string(value, precision=4)}")
+    np.testing.assert_allclose(output, reference.detach().numpy(), rtol=1e-5, atol=1e-6)
+    _say("answers over gRPC equal the trained model's own forward pass")
+
+
+def show(binaries: dict[str, Path], kubeconfig: Path) -> None:
+    kubectl = [str(binaries["kubectl"]), "--kubeconfig", str(kubeconfig)]
+    for what in (["get", "nodes", "-L", "nvidia.com/gpu.product"], ["get", "pods", "-A", "-o", "wide"]):
+        print(
+            subprocess.run([*kubectl, *what], capture_output=True, text=True, check=False).stdout, flush=True
+        )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kubemaas demo", description=__doc__)
+    parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running at the end")
+    parser.add_argument("--workdir", type=Path, help="where models and checkpoints go (default: a temp dir)")
+    args = parser.parse_args(argv)
+    state_dir = default_state_dir("demo")
+    kubeconfig = state_dir / "kubeconfig"
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="kubemaas-demo-"))
+    step = Step(total=4)
+    cluster_started = False
+    try:
+        with step("local control plane: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes"):
+            binaries = ensure_binaries(_say)
+            up(ClusterOptions(state_dir=state_dir, kubeconfig=kubeconfig), binaries, _say)
+            cluster_started = True
+        with step("train the example regressor: `kubemaas train` -> torchrun, 2 processes, gloo"):
+            models = train(work)
+            _say(f"exported to {models / MODEL_NAME}")
+        with (
+            step("serve it with `kubemaas serve` and query it over gRPC (tritonclient)"),
+            serving(models) as port,
+        ):
+            query(port, models)
+        with step("what the cluster holds"):
+            show(binaries, kubeconfig)
+        if args.keep_cluster:
+            print(
+                f"\nthe cluster stays up:\n  export KUBECONFIG={kubeconfig}\n  kubemaas cluster down --name demo"
+            )
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", flush=True)
+        return 130
+    finally:
+        if cluster_started and not args.keep_cluster:
+            down(state_dir)
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)

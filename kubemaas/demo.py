@@ -153,9 +153,10 @@ def show(binaries: dict[str, Path], kubeconfig: Path) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="kubemaas demo", description=__doc__)
     parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running at the end")
+    parser.add_argument("--cluster-name", default="demo", help="name of the local cluster the demo uses")
     parser.add_argument("--workdir", type=Path, help="where models and checkpoints go (default: a temp dir)")
     args = parser.parse_args(argv)
-    state_dir = default_state_dir("demo")
+    state_dir = default_state_dir(args.cluster_name)
     kubeconfig = state_dir / "kubeconfig"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="kubemaas-demo-"))
     step = Step(total=4)
@@ -177,7 +178,7 @@ def main(argv: list[str]) -> int:
             show(binaries, kubeconfig)
         if args.keep_cluster:
             print(
-                f"\nthe cluster stays up:\n  export KUBECONFIG={kubeconfig}\n  kubemaas cluster down --name demo"
+                f"\nthe cluster stays up:\n  export KUBECONFIG={kubeconfig}\n  kubemaas cluster down --name {args.cluster_name}"
             )
         return 0
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ import time
 
 import grpc
 import numpy as np
+
 from kubemaas_server.proto import grpc_service_pb2 as pb
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"

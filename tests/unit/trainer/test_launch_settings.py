@@ -60,11 +60,11 @@ def test_empty_strings_count_as_unset() -> None:
 
 def test_flags_override_the_environment() -> None:
     overrides = Overrides(
-        workers=2, procs_per_worker=1, node_rank=0, master_addr="10.0.0.1", master_port=1234, restart_count=0
+        workers=2, procs_per_worker=1, node_rank=0, master_addr="127.0.0.9", master_port=1234, restart_count=0
     )
     settings = settings_from_environment(OPERATOR_ENV, overrides)
     assert (settings.workers, settings.procs_per_worker, settings.node_rank) == (2, 1, 0)
-    assert (settings.master_addr, settings.master_port, settings.restart_count) == ("10.0.0.1", 1234, 0)
+    assert (settings.master_addr, settings.master_port, settings.restart_count) == ("127.0.0.9", 1234, 0)
     assert settings.output_dir == "/output"  # not overridden: still from the environment
 
 

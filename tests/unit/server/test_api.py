@@ -273,3 +273,17 @@ def test_metrics_endpoint_counts_requests_by_model_and_outcome(
         "batch_size",
     ):
         assert f'kubemaas_{name}_count{{model="ints"}}' in text
+
+
+def test_tritonclient_typed_contents_get_a_typed_answer(
+    client: triton.InferenceServerClient, served: RunningServer
+) -> None:
+    x = np.arange(32, dtype=np.float32).reshape(2, 16) / 7
+    data = triton.InferInput("input", [2, 16], "FP32")
+    data._get_tensor().contents.fp32_contents.extend(x.reshape(-1).tolist())  # typed, no raw bytes
+    result = client.infer("mlp", [data])
+    assert not result.get_response().raw_output_contents
+    output = result.get_output("output")
+    got = np.array(output.contents.fp32_contents, dtype=np.float32).reshape(list(output.shape))
+    expected = forward(served, "mlp", torch.from_numpy(x), version="2")
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)  # type: ignore[attr-defined]

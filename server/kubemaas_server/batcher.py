@@ -166,7 +166,7 @@ class BatchQueue:
         return results
 
     async def _wait_for_fill(self) -> None:
-        """Under load, waits (bounded) until as many rows as the last batch had are queued."""
+        """Under load, holds (bounded) until the rows expected from the last cycle are queued."""
         if not self._batched:
             return
         head = self._queue[0]

@@ -269,5 +269,9 @@ def _as_request_error(error: Exception) -> InferenceError:
 
 
 def _first_lines(message: str, limit: int = 2000) -> str:
-    """TorchScript errors carry the whole script traceback; callers need the gist."""
+    """TorchScript errors carry the whole script traceback; callers need the gist, which is the
+    last line (`RuntimeError: <what the model raised>`)."""
+    if "TorchScript interpreter" in message:
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        message = lines[-1] if lines else message
     return message if len(message) <= limit else message[:limit] + " ..."

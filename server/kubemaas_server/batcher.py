@@ -265,6 +265,8 @@ def _as_request_error(error: Exception) -> InferenceError:
     if isinstance(error, InferenceError):
         return error
     message = str(error).strip() or type(error).__name__
+    if "TorchScript interpreter" in message:  # its last line already names the exception type
+        return InferenceError(ErrorKind.INTERNAL, f"model raised {_first_lines(message)}")
     return InferenceError(ErrorKind.INTERNAL, f"model raised {type(error).__name__}: {_first_lines(message)}")
 
 

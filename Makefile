@@ -33,6 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p kubemaas -p kubemaas_cluster -p kubemaas_server -p kubemaas_operator -p kubemaas_trainer
+	$(BIN)/mypy tests examples benchmarks
 
 tools: $(STAMP)
 	$(BIN)/kubemaas cluster build

@@ -71,7 +71,8 @@ class Mlp(torch.nn.Module):
         self.net = torch.nn.Sequential(*layers[:-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 @dataclass

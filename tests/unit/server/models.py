@@ -24,7 +24,8 @@ class Mlp(torch.nn.Module):
         self.net = torch.nn.Sequential(*layers[:-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 class IntAffine(torch.nn.Module):
@@ -205,7 +206,7 @@ class Busy(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.randn(128, 128) / 12.0)
 
     def forward(self, rounds: torch.Tensor) -> torch.Tensor:
-        y = self.weight
+        y: torch.Tensor = self.weight
         for _ in range(int(rounds.max().item())):
             y = torch.tanh(y @ self.weight)
         return rounds + 0.0 * y.sum()

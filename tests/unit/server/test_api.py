@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -96,7 +97,7 @@ def test_typed_fp32_request_gets_a_typed_answer(
     assert (output.name, output.datatype, list(output.shape)) == ("output", "FP32", [3, 4])
     got = np.array(output.contents.fp32_contents, dtype=np.float32).reshape(3, 4)
     expected = forward(served, "mlp", torch.from_numpy(x), version="2")
-    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)  # type: ignore[attr-defined,arg-type]
     assert response.id == "typed"
 
 
@@ -211,11 +212,12 @@ def test_broken_model_is_not_ready_with_its_reason_while_others_serve(
 
 
 def test_unknown_model_or_version_is_not_found(client: triton.InferenceServerClient) -> None:
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: client.get_model_metadata("nope"),
         lambda: client.get_model_metadata("mlp", "1"),
         lambda: client.is_model_ready("nope"),
-    ):
+    )
+    for call in calls:
         with pytest.raises(InferenceServerException) as failure:
             call()
         assert failure.value.status() == "StatusCode.NOT_FOUND"

@@ -71,7 +71,7 @@ def length_prefixed(*items: bytes) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
-CASES: dict[str, tuple[Callable[[], pb.ModelInferRequest], Code, str]] = {
+CASES: dict[str, tuple[Callable[[], pb.ModelInferRequest], grpc.StatusCode, str]] = {
     "unknown model": (lambda: fp32_request([1, 16], model="nope"), Code.NOT_FOUND, "'nope' is not in"),
     "unknown version": (lambda: fp32_request([1, 16], model_version="7"), Code.NOT_FOUND, "no version '7'"),
     "no inputs": (

@@ -1,0 +1,232 @@
+"""Pure builders: a parsed ModelService -> the child manifests the operator applies.
+
+Nothing here talks to the API server. Every child carries the design's labels and an
+ownerReference to the ModelService, so deleting the ModelService garbage-collects it, and the
+whole set is applied with server-side apply under one field manager, so a GitOps tool applying
+the ModelService never fights the operator over the children.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kubemaas_operator.crd import API_VERSION
+from kubemaas_operator.spec import ModelServiceSpec, UriScheme
+
+Manifest = dict[str, Any]
+
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+MODEL_ROOT = "/models"
+SERVER_UID = 65532
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+APP_NAME = "app.kubernetes.io/name"
+MODEL_SERVICE_LABEL = "kubemaas.io/model-service"
+REVISION_LABEL = "kubemaas.io/revision"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+def selector_labels(spec: ModelServiceSpec) -> dict[str, str]:
+    return {APP_NAME: "model-server", MODEL_SERVICE_LABEL: spec.name}
+
+
+def child_labels(spec: ModelServiceSpec) -> dict[str, str]:
+    return {MANAGED_BY: "kubemaas", **selector_labels(spec)}
+
+
+def owner_reference(spec: ModelServiceSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelService",
+        "name": spec.name,
+        "uid": spec.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(spec: ModelServiceSpec, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": child_labels(spec),
+        "ownerReferences": [owner_reference(spec)],
+    }
+
+
+def model_volume(
+    spec: ModelServiceSpec, resolved_path: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) for the model; `resolved_path` is a TrainingJob's output inside its claim.
+
+    The server's repository is MODEL_ROOT; the model's own folder (model.yaml + versions) is
+    mounted at MODEL_ROOT/<model name>, so pvc://claim/path points at that folder.
+    """
+    uri = spec.uri
+    mount: dict[str, Any] = {
+        "name": "model",
+        "mountPath": f"{MODEL_ROOT}/{spec.model_name}",
+        "readOnly": True,
+    }
+    if uri.scheme is UriScheme.FILE:
+        return {"name": "model", "hostPath": {"path": uri.target, "type": "Directory"}}, mount
+    if uri.scheme is UriScheme.PVC:
+        claim, path = uri.target, uri.path
+    else:
+        if resolved_path is None:
+            raise ValueError("a trainingjob:// model needs the TrainingJob's output resolved first")
+        claim, _, path = resolved_path.removeprefix("pvc://").partition("/")
+    if path:
+        mount["subPath"] = path
+    return {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}, mount
+
+
+def container_resources(spec: ModelServiceSpec) -> dict[str, Any]:
+    resources = {key: dict(value) for key, value in spec.resources.items() if isinstance(value, dict)}
+    if spec.gpu is not None:
+        # Extended resources are limits-only; Kubernetes copies the limit to the request.
+        resources.setdefault("limits", {})[spec.gpu.resource] = str(spec.gpu.count)
+        resources.get("requests", {}).pop(spec.gpu.resource, None)
+    return resources
+
+
+def pod_scheduling(spec: ModelServiceSpec) -> dict[str, Any]:
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    if spec.gpu is not None:
+        tolerations.append({"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+        if spec.gpu.product:
+            node_selector[GPU_PRODUCT_LABEL] = spec.gpu.product
+    node_selector.update(spec.scheduling.node_selector)
+    tolerations += [dict(t) for t in spec.scheduling.tolerations if dict(t) not in tolerations]
+    out: dict[str, Any] = {}
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    if tolerations:
+        out["tolerations"] = tolerations
+    if spec.scheduling.affinity:
+        out["affinity"] = dict(spec.scheduling.affinity)
+    if spec.scheduling.priority_class_name:
+        out["priorityClassName"] = spec.scheduling.priority_class_name
+    return out
+
+
+def pod_template(spec: ModelServiceSpec, resolved_path: str | None = None) -> dict[str, Any]:
+    volume, mount = model_volume(spec, resolved_path)
+    probe = {"grpc": {"port": GRPC_PORT}}
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": spec.image,
+        "args": [
+            "serve",
+            f"--model-repository={MODEL_ROOT}",
+            f"--grpc-port={GRPC_PORT}",
+            f"--metrics-port={METRICS_PORT}",
+            # Inside the pod's own network namespace: the pod IP is what the Service reaches.
+            "--host=0.0.0.0",
+        ],
+        "ports": [
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**probe, "initialDelaySeconds": 30, "periodSeconds": 10, "failureThreshold": 3},
+        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 150},
+        "resources": container_resources(spec),
+        "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": SERVER_UID,
+            "runAsGroup": SERVER_UID,
+            "fsGroup": SERVER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
+        "terminationGracePeriodSeconds": 30,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        **pod_scheduling(spec),
+    }
+    template = {"metadata": {"labels": child_labels(spec)}, "spec": pod_spec}
+    template["metadata"]["labels"][REVISION_LABEL] = revision_of(template)
+    return template
+
+
+def revision_of(template: dict[str, Any]) -> str:
+    """A short, stable hash of what makes pods of one revision differ from another's."""
+    digest = hashlib.sha256(json.dumps(template["spec"], sort_keys=True).encode()).hexdigest()
+    return digest[:10]
+
+
+def build_deployment(spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None) -> Manifest:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(spec)},
+            # Surge first: a new pod must be ready before an old one goes (zero unavailable).
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "progressDeadlineSeconds": spec.progress_deadline_seconds,
+            "revisionHistoryLimit": 5,
+            "template": pod_template(spec, resolved_path),
+        },
+    }
+
+
+def build_service(spec: ModelServiceSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(spec),
+            "ports": [
+                {
+                    "name": "grpc",
+                    "port": GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_pdb(spec: ModelServiceSpec) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(spec)}},
+    }
+
+
+def endpoint(spec: ModelServiceSpec) -> str:
+    return f"{spec.name}.{spec.namespace}.svc:{GRPC_PORT}"
+
+
+def build_children(spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None) -> list[Manifest]:
+    """Every child the ModelService should have now; a PDB only when more than one replica runs."""
+    children = [build_deployment(spec, replicas, resolved_path), build_service(spec)]
+    if replicas > 1:
+        children.append(build_pdb(spec))
+    return children

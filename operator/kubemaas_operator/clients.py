@@ -1,0 +1,152 @@
+"""The few API-server calls the operator makes itself (kopf does the watching).
+
+Server-side apply for children (one field manager, forced: the operator owns what it sets and
+nothing else), deletes, and status patches. Built on the official client's transport so
+kubeconfig, in-cluster tokens and client certificates all work; calls are blocking and run in
+a thread from the async handlers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import kubernetes
+
+from kubemaas_operator.crd import API_VERSION
+
+Manifest = dict[str, Any]
+
+# (apiVersion, kind) -> plural; every kind here is namespaced.
+PLURALS: Final[dict[tuple[str, str], str]] = {
+    ("apps/v1", "Deployment"): "deployments",
+    ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("batch/v1", "Job"): "jobs",
+    (API_VERSION, "ModelService"): "modelservices",
+    (API_VERSION, "TrainingJob"): "trainingjobs",
+}
+
+
+class KubeApiError(RuntimeError):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        """Conflicts, throttling and server trouble pass; everything else is our bug or theirs."""
+        return self.status in (409, 429) or self.status >= 500
+
+
+def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    plural = PLURALS[(api_version, kind)]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+def load_api_client() -> kubernetes.client.ApiClient:
+    """From $KUBECONFIG (or ~/.kube/config), else the pod's service account."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = 32
+    return kubernetes.client.ApiClient(configuration)
+
+
+class KubeClient:
+    def __init__(self, api: kubernetes.client.ApiClient, *, field_manager: str = "kubemaas") -> None:
+        self._api = api
+        self.field_manager = field_manager
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Manifest | None:
+        params = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(*params)
+        except kubernetes.client.ApiException as err:  # raised by the transport for HTTP errors
+            raise _error(err.status or 0, err.reason or "", err.body or "") from None
+        response.read()
+        if response.status >= 400:
+            raise _error(
+                response.status, response.reason or "", (response.data or b"").decode(errors="replace")
+            )
+        if not response.data:
+            return None
+        data: Manifest = json.loads(response.data)
+        return data
+
+    def apply(self, manifest: Mapping[str, Any]) -> Manifest:
+        meta = manifest["metadata"]
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        result = self.request(
+            "PATCH",
+            path,
+            query=[("fieldManager", self.field_manager), ("force", "true")],
+            body=json.dumps(manifest),
+            content_type="application/apply-patch+yaml",
+        )
+        assert result is not None
+        return result
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+        try:
+            return self.request("GET", resource_path(api_version, kind, namespace, name))
+        except KubeApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """True when something was deleted; a child that is already gone is fine."""
+        try:
+            self.request(
+                "DELETE",
+                resource_path(api_version, kind, namespace, name),
+                body=json.dumps({"propagationPolicy": "Background"}),
+            )
+        except KubeApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        self.request(
+            "PATCH",
+            resource_path(api_version, kind, namespace, name) + "/status",
+            body=json.dumps({"status": status}),
+            content_type="application/merge-patch+json",
+        )
+
+
+def _error(status: int, reason: str, body: str) -> KubeApiError:
+    message = body
+    with contextlib.suppress(ValueError, AttributeError):
+        message = json.loads(body).get("message", body)
+    return KubeApiError(status, reason, message)

@@ -1,0 +1,255 @@
+"""The ModelService CRD: the one source of truth for its schema, defaults and validation.
+
+Validation lives in the API server (OpenAPI schema + CEL rules), so `kubectl apply` of a bad
+object fails with a readable message and no admission webhook is needed. `manifests/crds/` and
+the Helm chart carry the YAML this module renders (`python -m kubemaas_operator.crd` rewrites
+it; a test fails when it is stale).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GROUP = "kubemaas.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Schema = dict[str, Any]
+
+URI_SCHEMES = ("pvc://", "trainingjob://", "file://")
+
+
+def _obj(properties: dict[str, Schema], **extra: Any) -> Schema:
+    return {"type": "object", "properties": properties, **extra}
+
+
+def _int(minimum: int | None = None, maximum: int | None = None, **extra: Any) -> Schema:
+    schema: Schema = {"type": "integer", **extra}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def _str(**extra: Any) -> Schema:
+    return {"type": "string", **extra}
+
+
+_PRESERVE: Schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+GPU_SCHEMA: Schema = _obj(
+    {
+        "count": _int(description="GPUs per pod, the container limit of `resource`."),
+        "product": _str(
+            description="Node label nvidia.com/gpu.product to select, e.g. NVIDIA-H100-80GB-HBM3."
+        ),
+        "resource": _str(
+            default="nvidia.com/gpu", description="Extended resource name of the GPU device plugin."
+        ),
+    },
+    required=["count"],
+    **{
+        "x-kubernetes-validations": [
+            {"rule": "self.count >= 1", "message": "gpu.count must be at least 1 when gpu is set"}
+        ]
+    },
+)
+
+SCHEDULING_SCHEMA: Schema = _obj(
+    {
+        "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"}},
+        "tolerations": {"type": "array", "items": _PRESERVE},
+        "affinity": _PRESERVE,
+        "priorityClassName": _str(),
+    },
+    description="Merged on top of what the operator derives from gpu.",
+)
+
+URI_RULES = [
+    {
+        "rule": "self.startsWith('pvc://') || self.startsWith('trainingjob://') || self.startsWith('file://')",
+        "message": "model.uri must start with pvc://, trainingjob:// or file://",
+    },
+    {
+        "rule": "!self.split('/').exists(segment, segment == '..')",
+        "message": "model.uri must not contain '..' path segments",
+    },
+    {
+        "rule": "!self.startsWith('pvc://') || self.size() > 6 && !self.substring(6).startsWith('/')",
+        "message": "pvc:// needs a claim name: pvc://CLAIM[/PATH]",
+    },
+]
+
+MODEL_SERVICE_SPEC: Schema = _obj(
+    {
+        "model": _obj(
+            {
+                "uri": _str(
+                    description="pvc://CLAIM[/PATH] | trainingjob://NAME | file:///PATH (dev clusters only)",
+                    maxLength=2048,
+                    **{"x-kubernetes-validations": URI_RULES},
+                ),
+                "name": _str(description="Model name clients use; default metadata.name.", maxLength=253),
+            },
+            required=["uri"],
+        ),
+        "image": _str(description="Server image; default from the operator's configuration."),
+        "minReplicas": _int(0, 1000, default=1),
+        "maxReplicas": _int(1, 1000, default=4),
+        "autoscaling": _obj(
+            {
+                "metric": _str(enum=["concurrency", "cpu"], default="concurrency"),
+                "target": _int(1, default=8, description="In-flight requests per replica, or CPU percent."),
+                "scaleDownDelaySeconds": _int(0, 86400, default=300),
+            },
+            default={},
+        ),
+        "gpu": GPU_SCHEMA,
+        "resources": _PRESERVE,
+        "batching": _obj(
+            {"maxBatchSize": _int(0, 4096, default=32), "maxQueueDelayMs": _int(0, 10000, default=2)},
+            default={},
+        ),
+        "rollout": _obj(
+            {
+                "canaryPercent": _int(default=0, description="Share of replicas on the new revision, 0-100."),
+                "progressDeadlineSeconds": _int(1, default=600),
+            },
+            default={},
+            **{
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "self.canaryPercent >= 0 && self.canaryPercent <= 100",
+                        "message": "rollout.canaryPercent must be between 0 and 100",
+                    }
+                ]
+            },
+        ),
+        "scheduling": SCHEDULING_SCHEMA,
+    },
+    required=["model"],
+    **{
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.minReplicas <= self.maxReplicas",
+                "message": "minReplicas must not exceed maxReplicas",
+            }
+        ]
+    },
+)
+
+CONDITION_SCHEMA: Schema = _obj(
+    {
+        "type": _str(),
+        "status": _str(enum=["True", "False", "Unknown"]),
+        "reason": _str(),
+        "message": _str(),
+        "lastTransitionTime": _str(format="date-time"),
+        "observedGeneration": _int(),
+    },
+    required=["type", "status"],
+)
+
+MODEL_SERVICE_STATUS: Schema = _obj(
+    {
+        "observedGeneration": _int(),
+        "phase": _str(enum=["Pending", "Progressing", "Ready", "Degraded", "Failed"]),
+        "replicas": _int(),
+        "readyReplicas": _int(),
+        "desiredReplicas": _int(),
+        "endpoint": _str(),
+        "modelPath": _str(),
+        "revision": _str(),
+        "conditions": {
+            "type": "array",
+            "items": CONDITION_SCHEMA,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    },
+    **{"x-kubernetes-preserve-unknown-fields": True},
+)
+
+
+def model_service_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"modelservices.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": "ModelService",
+                "listKind": "ModelServiceList",
+                "plural": "modelservices",
+                "singular": "modelservice",
+                "shortNames": ["ms"],
+                "categories": ["kubemaas", "all"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+                        {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri"},
+                        {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpu.count"},
+                        {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": _obj(
+                            {
+                                "apiVersion": _str(),
+                                "kind": _str(),
+                                "metadata": {"type": "object"},
+                                "spec": MODEL_SERVICE_SPEC,
+                                "status": MODEL_SERVICE_STATUS,
+                            },
+                            required=["spec"],
+                        )
+                    },
+                }
+            ],
+        },
+    }
+
+
+CRDS = {"modelservice.yaml": model_service_crd}
+
+
+def render(name: str) -> str:
+    header = "# Generated by `python -m kubemaas_operator.crd` from kubemaas_operator/crd.py; do not edit.\n"
+    return header + yaml.safe_dump(CRDS[name](), sort_keys=False, width=120)
+
+
+def write_all(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in CRDS:
+        path = directory / name
+        path.write_text(render(name))
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    target = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "manifests" / "crds"
+    for path in write_all(target):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

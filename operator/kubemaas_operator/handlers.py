@@ -1,0 +1,87 @@
+"""The kopf-facing edge: watch events in, one call each into the Reconciler.
+
+Only event handlers are registered (no create/update/delete handlers), so kopf never writes
+its own annotations, status fields or finalizers into ModelServices; the Reconciler decides
+everything from the latest state (see reconciler.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from kubemaas_operator.builders import APP_NAME, MANAGED_BY
+from kubemaas_operator.clients import KubeClient, load_api_client
+from kubemaas_operator.crd import GROUP, VERSION
+from kubemaas_operator.reconciler import Reconciler, trimmed
+from kubemaas_operator.settings import OperatorSettings, settings_from_env
+
+CHILD_LABELS = {MANAGED_BY: "kubemaas", APP_NAME: "model-server"}
+
+
+@dataclass
+class Runtime:
+    """What the CLI configures before kopf starts and the startup handler completes."""
+
+    settings: OperatorSettings | None = None
+    reconciler: Reconciler | None = None
+
+
+RUNTIME = Runtime()
+
+
+def reconciler() -> Reconciler:
+    assert RUNTIME.reconciler is not None, "the startup handler has not run"
+    return RUNTIME.reconciler
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    ours = RUNTIME.settings or settings_from_env()
+    # kopf reports handler outcomes as Kubernetes Events; ours are one line per decision in the log.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    client = KubeClient(load_api_client(), field_manager=ours.field_manager)
+    RUNTIME.reconciler = Reconciler(client, ours)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if RUNTIME.reconciler is not None:
+        await RUNTIME.reconciler.stop()
+
+
+@kopf.on.event(GROUP, VERSION, "modelservices")
+def model_service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    reconciler().on_model_service(type, _plain(body))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+def deployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    reconciler().on_child("Deployment", type, trimmed(body))
+
+
+@kopf.on.event("v1", "services", labels=CHILD_LABELS)
+def service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    reconciler().on_child("Service", type, trimmed(body))
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
+def pdb_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    reconciler().on_child("PodDisruptionBudget", type, trimmed(body))
+
+
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
+def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    reconciler().on_child("Pod", type, trimmed(body))
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """A detached copy: kopf's Body is a live view that changes under a running reconcile."""
+    return copy.deepcopy(dict(body))

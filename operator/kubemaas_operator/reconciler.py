@@ -1,0 +1,314 @@
+"""One level-triggered reconcile loop per ModelService.
+
+kopf delivers watch events (handlers.py); this module keeps the latest body of every
+ModelService and a cache of their children, and runs one asyncio task per ModelService that
+wakes on any change to it or its children (and every RESYNC_SECONDS as a backstop):
+parse -> build children (pure) -> apply what drifted -> compute status (pure) -> write status
+only when it changed. No kopf change-handlers means no kopf annotations or finalizers on the
+user's object: a GitOps tool applying the same ModelService sees nothing of ours in it, and
+deleting it never waits for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubemaas.logs import kv
+from kubemaas_operator.builders import (
+    MODEL_SERVICE_LABEL,
+    REVISION_LABEL,
+    build_children,
+    build_pdb,
+    endpoint,
+)
+from kubemaas_operator.clients import KubeApiError, KubeClient
+from kubemaas_operator.crd import API_VERSION
+from kubemaas_operator.settings import OperatorSettings
+from kubemaas_operator.spec import ModelServiceSpec, SpecError, UriScheme, parse_model_service
+from kubemaas_operator.status import (
+    ComputedStatus,
+    Condition,
+    ConditionType,
+    ObservedState,
+    Phase,
+    compute_status,
+    same_status,
+    status_patch,
+)
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, ModelService name)
+Body = Mapping[str, Any]
+
+RESYNC_SECONDS = 120.0
+RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class ChildCache:
+    """The children kopf has shown us, by owner; trimmed to what reconciling needs."""
+
+    deployments: dict[Key, dict[str, Body]] = field(default_factory=dict)
+    services: dict[Key, dict[str, Body]] = field(default_factory=dict)
+    pdbs: dict[Key, dict[str, Body]] = field(default_factory=dict)
+    pods: dict[Key, dict[str, Body]] = field(default_factory=dict)
+
+    def table(self, kind: str) -> dict[Key, dict[str, Body]]:
+        return {
+            "Deployment": self.deployments,
+            "Service": self.services,
+            "PodDisruptionBudget": self.pdbs,
+            "Pod": self.pods,
+        }[kind]
+
+    def update(self, kind: str, event_type: str | None, body: Body) -> Key | None:
+        meta = body.get("metadata", {})
+        owner = (meta.get("labels") or {}).get(MODEL_SERVICE_LABEL)
+        if not owner:
+            return None
+        key = (meta["namespace"], owner)
+        bucket = self.table(kind).setdefault(key, {})
+        if event_type == "DELETED":
+            bucket.pop(meta["name"], None)
+        else:
+            bucket[meta["name"]] = body
+        return key
+
+
+def version_marker(obj: Body) -> str:
+    """What changes when someone edits the object's spec: generation, or resourceVersion without one."""
+    meta = obj.get("metadata", {})
+    return str(meta.get("generation") or meta.get("resourceVersion") or "")
+
+
+@dataclass
+class Applied:
+    generation: int
+    markers: dict[tuple[str, str], str]  # (kind, name) -> version marker after our apply
+
+
+class Reconciler:
+    def __init__(self, client: KubeClient, settings: OperatorSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.cache = ChildCache()
+        self.bodies: dict[Key, Body] = {}
+        self.applied: dict[Key, Applied] = {}
+        self._wakes: dict[Key, asyncio.Event] = {}
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+
+    # --- events in -------------------------------------------------------------------------
+
+    def on_model_service(self, event_type: str | None, body: Body) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event_type == "DELETED":
+            self.bodies.pop(key, None)
+            self.applied.pop(key, None)
+            task = self._tasks.pop(key, None)
+            if task:
+                task.cancel()
+            self._wakes.pop(key, None)
+            return
+        self.bodies[key] = body
+        self.wake(key)
+        if key not in self._tasks or self._tasks[key].done():
+            self._tasks[key] = asyncio.create_task(self._loop(key), name=f"reconcile/{key[0]}/{key[1]}")
+
+    def on_child(self, kind: str, event_type: str | None, body: Body) -> None:
+        key = self.cache.update(kind, event_type, body)
+        if key is not None and key in self.bodies:
+            self.wake(key)
+
+    def wake(self, key: Key) -> None:
+        self._wakes.setdefault(key, asyncio.Event()).set()
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def _loop(self, key: Key) -> None:
+        failures = 0
+        force = True
+        wake = self._wakes.setdefault(key, asyncio.Event())
+        while key in self.bodies:
+            wake.clear()
+            try:
+                await self.reconcile(key, force=force)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                failures += 1
+                retryable = isinstance(err, KubeApiError) and err.retryable
+                log.log(
+                    logging.INFO if retryable else logging.WARNING,
+                    "reconcile failed; retrying",
+                    extra=kv(namespace=key[0], name=key[1], error=str(err)[:300], retry_in=delay),
+                )
+                await asyncio.sleep(delay)
+                wake.set()
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=RESYNC_SECONDS)
+                force = False
+            except TimeoutError:
+                force = True
+
+    async def reconcile(self, key: Key, *, force: bool = False) -> None:
+        body = self.bodies.get(key)
+        if body is None:
+            return
+        try:
+            spec = parse_model_service(body, self.settings)
+        except (SpecError, KeyError, ValueError) as err:
+            await self._write_status(body, _invalid_spec(str(err)), desired=0, revision="")
+            return
+        resolved, waiting = await self._model_source(spec)
+        desired = desired_replicas(spec, body.get("status") or {})
+        revision = ""
+        if waiting is None:
+            children = build_children(spec, desired, resolved)
+            revision = children[0]["spec"]["template"]["metadata"]["labels"][REVISION_LABEL]
+            if force or self._drifted(key, spec, children):
+                await self._apply(key, spec, children)
+        observed = ObservedState(
+            generation=spec.generation,
+            desired_replicas=desired,
+            deployment=self.cache.deployments.get(key, {}).get(spec.name),
+            pods=list(self.cache.pods.get(key, {}).values()),
+            endpoint=endpoint(spec),
+            waiting_for=waiting,
+        )
+        await self._write_status(
+            body, compute_status(observed), desired=desired, revision=revision, observed=observed
+        )
+
+    async def _model_source(self, spec: ModelServiceSpec) -> tuple[str | None, str | None]:
+        """(resolved pvc path, None) or (None, why we wait) for trainingjob:// models."""
+        if spec.uri.scheme is not UriScheme.TRAINING_JOB:
+            return None, None
+        job = await asyncio.to_thread(
+            self.client.get, API_VERSION, "TrainingJob", spec.namespace, spec.uri.target
+        )
+        if job is None:
+            return None, f"TrainingJob {spec.uri.target} does not exist (yet)"
+        status = job.get("status") or {}
+        output = (status.get("output") or {}).get("uri")
+        if status.get("phase") != "Succeeded" or not output:
+            return (
+                None,
+                f"TrainingJob {spec.uri.target} has not succeeded yet (phase {status.get('phase', 'Pending')})",
+            )
+        return output, None
+
+    def _drifted(self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]]) -> bool:
+        applied = self.applied.get(key)
+        if applied is None or applied.generation != spec.generation:
+            return True
+        for child in children:
+            cached = self.cache.table(child["kind"]).get(key, {}).get(child["metadata"]["name"])
+            if cached is None:
+                return True
+            if version_marker(cached) != applied.markers.get((child["kind"], child["metadata"]["name"])):
+                return True
+        return False
+
+    async def _apply(self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]]) -> None:
+        markers: dict[tuple[str, str], str] = {}
+        for child in children:
+            result = await asyncio.to_thread(self.client.apply, child)
+            markers[(child["kind"], child["metadata"]["name"])] = version_marker(result)
+        if not any(c["kind"] == "PodDisruptionBudget" for c in children) and self.cache.pdbs.get(key):
+            pdb = build_pdb(spec)
+            await asyncio.to_thread(
+                self.client.delete,
+                "policy/v1",
+                "PodDisruptionBudget",
+                spec.namespace,
+                pdb["metadata"]["name"],
+            )
+        self.applied[key] = Applied(generation=spec.generation, markers=markers)
+        log.info("applied children", extra=kv(namespace=key[0], name=key[1], children=len(children)))
+
+    async def _write_status(
+        self,
+        body: Body,
+        computed: ComputedStatus,
+        *,
+        desired: int,
+        revision: str,
+        observed: ObservedState | None = None,
+    ) -> None:
+        meta = body["metadata"]
+        previous = body.get("status") or {}
+        observed = observed or ObservedState(
+            generation=int(meta.get("generation", 0)),
+            desired_replicas=desired,
+            deployment=None,
+            pods=[],
+            endpoint="",
+        )
+        patch = status_patch(
+            computed, observed=observed, previous=previous, now=dt.datetime.now(dt.UTC), revision=revision
+        )
+        if same_status(patch, previous):
+            return
+        await asyncio.to_thread(
+            self.client.patch_status, API_VERSION, "ModelService", meta["namespace"], meta["name"], patch
+        )
+        if patch.get("phase") != previous.get("phase"):
+            log.info(
+                "phase changed",
+                extra=kv(
+                    namespace=meta["namespace"],
+                    name=meta["name"],
+                    phase=patch["phase"],
+                    was=previous.get("phase"),
+                ),
+            )
+
+
+def desired_replicas(spec: ModelServiceSpec, status: Mapping[str, Any]) -> int:
+    """The autoscaler's last decision (kept in status) within the spec's bounds; else minReplicas."""
+    wanted = status.get("desiredReplicas")
+    if not isinstance(wanted, int):
+        wanted = spec.min_replicas
+    return max(spec.min_replicas, min(spec.max_replicas, wanted))
+
+
+def _invalid_spec(message: str) -> ComputedStatus:
+    return ComputedStatus(
+        phase=Phase.FAILED,
+        replicas=0,
+        ready_replicas=0,
+        conditions=(Condition(ConditionType.READY, False, "InvalidSpec", message),),
+    )
+
+
+def trimmed(body: Body) -> dict[str, Any]:
+    """Keep what reconciling and status need; drop managedFields and the pod spec bulk."""
+    meta = body.get("metadata", {})
+    out: dict[str, Any] = {
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "labels", "generation", "resourceVersion", "deletionTimestamp")
+            if k in meta
+        },
+        "status": dict(body.get("status") or {}),
+    }
+    spec = body.get("spec") or {}
+    if "replicas" in spec:
+        out["spec"] = {"replicas": spec["replicas"]}
+    if "nodeName" in spec:
+        out.setdefault("spec", {})["nodeName"] = spec["nodeName"]
+    return out

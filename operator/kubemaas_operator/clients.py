@@ -106,6 +106,7 @@ class KubeClient:
             "PATCH",
             path,
             query=[("fieldManager", self.field_manager), ("force", "true")],
+            # The transport sends a str body as is; JSON is valid apply-patch YAML.
             body=json.dumps(manifest),
             content_type="application/apply-patch+yaml",
         )
@@ -126,7 +127,7 @@ class KubeClient:
             self.request(
                 "DELETE",
                 resource_path(api_version, kind, namespace, name),
-                body=json.dumps({"propagationPolicy": "Background"}),
+                body={"propagationPolicy": "Background"},
             )
         except KubeApiError as err:
             if err.status == 404:
@@ -140,7 +141,7 @@ class KubeClient:
         self.request(
             "PATCH",
             resource_path(api_version, kind, namespace, name) + "/status",
-            body=json.dumps({"status": status}),
+            body={"status": dict(status)},
             content_type="application/merge-patch+json",
         )
 

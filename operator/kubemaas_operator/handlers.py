@@ -1,5 +1,8 @@
 """The kopf-facing edge: watch events in, one call each into the Reconciler.
 
+Handlers are coroutines on purpose: kopf runs plain functions in a thread pool, and the
+Reconciler's tasks and wake-up events belong to the event loop.
+
 Only event handlers are registered (no create/update/delete handlers), so kopf never writes
 its own annotations, status fields or finalizers into ModelServices; the Reconciler decides
 everything from the latest state (see reconciler.py).
@@ -58,27 +61,27 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "modelservices")
-def model_service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def model_service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     reconciler().on_model_service(type, _plain(body))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-def deployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def deployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     reconciler().on_child("Deployment", type, trimmed(body))
 
 
 @kopf.on.event("v1", "services", labels=CHILD_LABELS)
-def service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     reconciler().on_child("Service", type, trimmed(body))
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
-def pdb_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def pdb_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     reconciler().on_child("PodDisruptionBudget", type, trimmed(body))
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     reconciler().on_child("Pod", type, trimmed(body))
 
 

@@ -117,18 +117,15 @@ MODEL_SERVICE_SPEC: Schema = _obj(
         ),
         "rollout": _obj(
             {
-                "canaryPercent": _int(
-                    default=0,
-                    description="Share of replicas on the new revision, 0-100.",
-                    **{
-                        "x-kubernetes-validations": [
-                            {
-                                "rule": "self >= 0 && self <= 100",
-                                "message": "rollout.canaryPercent must be between 0 and 100",
-                            }
-                        ]
-                    },
-                ),
+                "canaryPercent": {
+                    **_int(default=0, description="Share of replicas on the new revision, 0-100."),
+                    "x-kubernetes-validations": [
+                        {
+                            "rule": "self >= 0 && self <= 100",
+                            "message": "rollout.canaryPercent must be between 0 and 100",
+                        }
+                    ],
+                },
                 "progressDeadlineSeconds": _int(1, default=600),
             },
             default={},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import yaml
 
@@ -134,13 +136,12 @@ def test_children_deleted_or_edited_by_hand_are_restored_and_deleting_the_servic
     )
 
     cluster.kubectl("delete", "ms", "drift", "-n", namespace)
+
+    def collected(kind: str) -> bool:
+        return not get(cluster, kind, "-n", namespace, "-l", "kubemaas.io/model-service=drift")["items"]
+
     for kind in ("deployment", "service", "pdb"):
-        eventually(
-            lambda kind=kind: (
-                not get(cluster, kind, "-n", namespace, "-l", "kubemaas.io/model-service=drift")["items"]
-            ),
-            what=f"{kind} garbage-collected",
-        )
+        eventually(functools.partial(collected, kind), what=f"{kind} garbage-collected")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubemaas_operator.builders import build_children, build_deployment, pod_template, revision_of
+from kubemaas_operator.settings import OperatorSettings, settings_from_env
+from kubemaas_operator.spec import ModelUri, SpecError, UriScheme, parse_model_service
+
+SETTINGS = OperatorSettings(default_image="example.invalid/server:1")
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "mlp", "namespace": "ml", "uid": "u-1", "generation": 3},
+        "spec": {"model": {"uri": "pvc://models/mlp"}, **spec},
+    }
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("pvc://models/mlp", ModelUri(UriScheme.PVC, "models", "mlp")),
+        ("pvc://models", ModelUri(UriScheme.PVC, "models", "")),
+        ("pvc://models/a/b/", ModelUri(UriScheme.PVC, "models", "a/b")),
+        ("trainingjob://mnist", ModelUri(UriScheme.TRAINING_JOB, "mnist", "")),
+        ("file:///srv/models/mlp", ModelUri(UriScheme.FILE, "/srv/models/mlp", "")),
+    ],
+)
+def test_model_uris_parse_into_scheme_target_and_path(uri: str, expected: ModelUri) -> None:
+    assert ModelUri.parse(uri) == expected
+
+
+@pytest.mark.parametrize(
+    "uri", ["ftp://x", "models/mlp", "pvc://", "pvc://claim/../etc", "file:///a/../../etc"]
+)
+def test_bad_model_uris_are_refused_with_a_reason(uri: str) -> None:
+    with pytest.raises(SpecError):
+        ModelUri.parse(uri)
+
+
+def test_file_uris_need_the_development_flag() -> None:
+    with pytest.raises(SpecError, match="dev-allow-file-uris"):
+        parse_model_service(body(model={"uri": "file:///srv/m"}), SETTINGS)
+    allowed = OperatorSettings(allow_file_uris=True)
+    assert parse_model_service(body(model={"uri": "file:///srv/m"}), allowed).uri.scheme is UriScheme.FILE
+
+
+def test_gpu_count_becomes_a_limit_toleration_and_product_selector() -> None:
+    spec = parse_model_service(body(gpu={"count": 2, "product": "NVIDIA-H100-80GB-HBM3"}), SETTINGS)
+    pod = pod_template(spec)["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def test_scheduling_fields_merge_on_top_of_what_gpus_imply() -> None:
+    spec = parse_model_service(
+        body(
+            gpu={"count": 1, "product": "A"},
+            scheduling={
+                "nodeSelector": {"nvidia.com/gpu.product": "B", "zone": "z1"},
+                "tolerations": [
+                    {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+                ],
+                "priorityClassName": "serving",
+            },
+        ),
+        SETTINGS,
+    )
+    pod = pod_template(spec)["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "B", "zone": "z1"}
+    assert len(pod["tolerations"]) == 2
+    assert pod["priorityClassName"] == "serving"
+
+
+def test_the_gpu_resource_name_comes_from_the_spec_or_the_operator_settings() -> None:
+    amd = OperatorSettings(gpu_resource="amd.com/gpu")
+    spec = parse_model_service(body(gpu={"count": 1}), amd)
+    assert pod_template(spec)["spec"]["containers"][0]["resources"]["limits"] == {"amd.com/gpu": "1"}
+
+
+def test_user_resources_pass_through_next_to_the_gpu_limit() -> None:
+    spec = parse_model_service(
+        body(gpu={"count": 1}, resources={"requests": {"cpu": "2"}, "limits": {"memory": "8Gi"}}), SETTINGS
+    )
+    resources = pod_template(spec)["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "2"}, "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"}}
+
+
+def test_pvc_model_mounts_its_folder_read_only_under_the_repository() -> None:
+    spec = parse_model_service(body(model={"uri": "pvc://models/exports/mlp", "name": "mlp-v2"}), SETTINGS)
+    pod = pod_template(spec)["spec"]
+    mount = pod["containers"][0]["volumeMounts"][0]
+    assert mount == {
+        "name": "model",
+        "mountPath": "/models/mlp-v2",
+        "readOnly": True,
+        "subPath": "exports/mlp",
+    }
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+
+
+def test_pods_run_non_root_read_only_without_privilege_escalation() -> None:
+    pod = pod_template(parse_model_service(body(), SETTINGS))["spec"]
+    container = pod["containers"][0]["securityContext"]
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_every_child_is_labelled_and_owned_by_the_model_service() -> None:
+    spec = parse_model_service(body(), SETTINGS)
+    for child in build_children(spec, replicas=3):
+        meta = child["metadata"]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubemaas"
+        assert meta["labels"]["kubemaas.io/model-service"] == "mlp"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "kubemaas.io/v1alpha1",
+                "kind": "ModelService",
+                "name": "mlp",
+                "uid": "u-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+def test_a_pdb_exists_only_with_more_than_one_replica() -> None:
+    spec = parse_model_service(body(), SETTINGS)
+    assert [c["kind"] for c in build_children(spec, replicas=1)] == ["Deployment", "Service"]
+    assert [c["kind"] for c in build_children(spec, replicas=2)] == [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ]
+
+
+def test_rollouts_surge_with_zero_unavailable() -> None:
+    deployment = build_deployment(parse_model_service(body(), SETTINGS), replicas=2)
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_the_revision_changes_with_the_model_or_image_and_only_then() -> None:
+    base = pod_template(parse_model_service(body(), SETTINGS))
+    same = pod_template(parse_model_service(body(minReplicas=3), SETTINGS))
+    other_model = pod_template(parse_model_service(body(model={"uri": "pvc://models/mlp2"}), SETTINGS))
+    other_image = pod_template(parse_model_service(body(image="example.invalid/server:2"), SETTINGS))
+    assert revision_of(base) == revision_of(same)
+    assert len({revision_of(base), revision_of(other_model), revision_of(other_image)}) == 3
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = settings_from_env(
+        {
+            "KUBEMAAS_DEFAULT_IMAGE": "img:1",
+            "KUBEMAAS_NAMESPACES": "a, b",
+            "KUBEMAAS_DEV_ALLOW_FILE_URIS": "true",
+        }
+    )
+    assert (settings.default_image, settings.namespaces, settings.allow_file_uris) == (
+        "img:1",
+        ("a", "b"),
+        True,
+    )

@@ -2,10 +2,15 @@
 
 Steps, each announced as it starts and timed when it ends:
   1. bring up the local control plane (real API server, scheduler, controllers; KWOK nodes);
-  2. train the example regressor with `kubemaas train`: torchrun, 2 processes, gloo;
-  3. serve the exported model with `kubemaas serve` and send real gRPC inference requests
-     with tritonclient, checking the answers against the trained model;
-  4. show what the cluster holds.
+  2. install the CRDs and RBAC, and start `kubemaas operator` with the operator's own
+     least-privilege ServiceAccount;
+  3. train the example regressor with `kubemaas train`: torchrun, 2 processes, gloo;
+  4. apply a ModelService for the export (a PersistentVolume over the export folder) and wait
+     until the operator reports it Ready, showing each status change;
+  5. serve the exported model with `kubemaas serve` and send real gRPC inference requests
+     with tritonclient, checking the answers against the trained model (the simulated pods run
+     no containers, so the demo runs the same server locally);
+  6. show what the cluster holds.
 Ctrl-C at any point stops what the demo started. By default the cluster goes down at the end;
 `--keep-cluster` leaves it up and prints the KUBECONFIG line.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from kubemaas_cluster.binaries import ensure_binaries
 from kubemaas_cluster.controlplane import ClusterOptions, down, free_port, up
@@ -142,9 +149,132 @@ def query(port: int, models: Path) -> None:
     _say("answers over gRPC equal the trained model's own forward pass")
 
 
+def install_operator(binaries: dict[str, Path], kubeconfig: Path, work: Path) -> subprocess.Popen[bytes]:
+    root = source_root()
+    kubectl(binaries, kubeconfig, "apply", "--server-side", "-f", str(root / "manifests" / "crds"))
+    kubectl(
+        binaries,
+        kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "crd/modelservices.kubemaas.io",
+        "--timeout=60s",
+    )
+    kubectl(binaries, kubeconfig, "create", "namespace", "kubemaas-system", stdin=None, check=False)
+    kubectl(binaries, kubeconfig, "apply", "-f", str(root / "manifests" / "rbac"))
+    kubectl(
+        binaries,
+        kubeconfig,
+        "wait",
+        "--for=create",
+        "sa/kubemaas-operator",
+        "-n",
+        "kubemaas-system",
+        "--timeout=30s",
+    )
+    token = kubectl(
+        binaries, kubeconfig, "create", "token", "kubemaas-operator", "-n", "kubemaas-system"
+    ).strip()
+    admin = yaml.safe_load(kubeconfig.read_text())
+    operator_config = work / "operator.kubeconfig"
+    operator_config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": admin["clusters"],
+                "users": [{"name": "kubemaas-operator", "user": {"token": token}}],
+                "contexts": [
+                    {
+                        "name": "operator",
+                        "context": {"cluster": admin["clusters"][0]["name"], "user": "kubemaas-operator"},
+                    }
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
+    log = (work / "operator.log").open("ab")
+    _say(f"operator log: {work / 'operator.log'}")
+    return subprocess.Popen(
+        [*_kubemaas(), "operator", "--standalone"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "KUBECONFIG": str(operator_config)},
+    )
+
+
+def deploy_model(binaries: dict[str, Path], kubeconfig: Path, models: Path) -> None:
+    docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": "demo-models"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "hostPath": {"path": str(models)},
+                "storageClassName": "",
+                "claimRef": {"namespace": "default", "name": "models"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models", "namespace": "default"},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "storageClassName": "",
+            },
+        },
+        {
+            "apiVersion": "kubemaas.io/v1alpha1",
+            "kind": "ModelService",
+            "metadata": {"name": MODEL_NAME, "namespace": "default"},
+            "spec": {"model": {"uri": f"pvc://models/{MODEL_NAME}"}, "minReplicas": 2, "maxReplicas": 4},
+        },
+    ]
+    kubectl(binaries, kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    _say(f"applied ModelService {MODEL_NAME} (pvc://models/{MODEL_NAME}, 2 replicas); waiting for Ready")
+    deadline = time.monotonic() + 120
+    seen = ""
+    while time.monotonic() < deadline:
+        ms = json.loads(kubectl(binaries, kubeconfig, "get", "ms", MODEL_NAME, "-o", "json"))
+        status = ms.get("status") or {}
+        ready: dict[str, str] = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        line = f"phase={status.get('phase', '-')} ready={status.get('readyReplicas', 0)}/{status.get('desiredReplicas', '-')} reason={ready.get('reason', '-')}"
+        if line != seen:
+            _say(line + (f"  ({ready.get('message')})" if ready.get("message") else ""))
+            seen = line
+        if ready.get("status") == "True":
+            return
+        time.sleep(0.5)
+    raise SystemExit("the ModelService did not become Ready within 120 s; see the operator log")
+
+
+def kubectl(
+    binaries: dict[str, Path], kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True
+) -> str:
+    result = subprocess.run(
+        [str(binaries["kubectl"]), "--kubeconfig", str(kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
 def show(binaries: dict[str, Path], kubeconfig: Path) -> None:
     kubectl = [str(binaries["kubectl"]), "--kubeconfig", str(kubeconfig)]
-    for what in (["get", "nodes", "-L", "nvidia.com/gpu.product"], ["get", "pods", "-A", "-o", "wide"]):
+    for what in (
+        ["get", "nodes", "-L", "nvidia.com/gpu.product"],
+        ["get", "ms,deploy,svc,pdb", "-n", "default"],
+        ["get", "pods", "-n", "default", "-o", "wide"],
+    ):
         print(
             subprocess.run([*kubectl, *what], capture_output=True, text=True, check=False).stdout, flush=True
         )
@@ -159,16 +289,21 @@ def main(argv: list[str]) -> int:
     state_dir = default_state_dir(args.cluster_name)
     kubeconfig = state_dir / "kubeconfig"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="kubemaas-demo-"))
-    step = Step(total=4)
+    step = Step(total=6)
     cluster_started = False
+    operator: subprocess.Popen[bytes] | None = None
     try:
         with step("local control plane: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes"):
             binaries = ensure_binaries(_say)
             up(ClusterOptions(state_dir=state_dir, kubeconfig=kubeconfig), binaries, _say)
             cluster_started = True
+        with step("install the CRDs and RBAC; start `kubemaas operator` under its own ServiceAccount"):
+            operator = install_operator(binaries, kubeconfig, work)
         with step("train the example regressor: `kubemaas train` -> torchrun, 2 processes, gloo"):
             models = train(work)
             _say(f"exported to {models / MODEL_NAME}")
+        with step("apply a ModelService for the export and wait for the operator to report Ready"):
+            deploy_model(binaries, kubeconfig, models)
         with (
             step("serve it with `kubemaas serve` and query it over gRPC (tritonclient)"),
             serving(models) as port,
@@ -185,6 +320,9 @@ def main(argv: list[str]) -> int:
         print("\ninterrupted: cleaning up", flush=True)
         return 130
     finally:
+        if operator is not None and not args.keep_cluster:
+            operator.terminate()
+            operator.wait(timeout=30)
         if cluster_started and not args.keep_cluster:
             down(state_dir)
         if args.workdir is None:

@@ -56,3 +56,14 @@ def settled(cluster: LocalCluster, namespace: str, name: str) -> dict[str, objec
 
 def test_there_are_cpu_and_gpu_examples() -> None:
     assert {p.stem for p in EXAMPLES} >= {"modelservice-cpu", "modelservice-gpu"}
+
+
+def test_the_local_models_volume_example_binds_its_claim(cluster: LocalCluster) -> None:
+    example = EXAMPLES[0].parent / "local-models-volume.yaml"
+    cluster.kubectl("apply", "-f", str(example))
+    try:
+        cluster.kubectl(
+            "wait", "--for=jsonpath={.status.phase}=Bound", "pvc/models", "-n", "default", "--timeout=60s"
+        )
+    finally:
+        cluster.kubectl("delete", "-f", str(example), "--wait=false", check=False)

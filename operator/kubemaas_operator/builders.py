@@ -172,7 +172,14 @@ def revision_of(template: dict[str, Any]) -> str:
     return digest[:10]
 
 
-def build_deployment(spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None) -> Manifest:
+SURGE = {"maxSurge": 1, "maxUnavailable": 0}
+# When no node has room for one more GPU pod, surging deadlocks: replace one pod at a time.
+REPLACE = {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def build_deployment(
+    spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None, *, replace: bool = False
+) -> Manifest:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -181,7 +188,7 @@ def build_deployment(spec: ModelServiceSpec, replicas: int, resolved_path: str |
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(spec)},
             # Surge first: a new pod must be ready before an old one goes (zero unavailable).
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": dict(REPLACE if replace else SURGE)},
             "progressDeadlineSeconds": spec.progress_deadline_seconds,
             "revisionHistoryLimit": 5,
             "template": pod_template(spec, resolved_path),
@@ -224,9 +231,11 @@ def endpoint(spec: ModelServiceSpec) -> str:
     return f"{spec.name}.{spec.namespace}.svc:{GRPC_PORT}"
 
 
-def build_children(spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None) -> list[Manifest]:
+def build_children(
+    spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None, *, replace: bool = False
+) -> list[Manifest]:
     """Every child the ModelService should have now; a PDB only when more than one replica runs."""
-    children = [build_deployment(spec, replicas, resolved_path), build_service(spec)]
+    children = [build_deployment(spec, replicas, resolved_path, replace=replace), build_service(spec)]
     if replicas > 1:
         children.append(build_pdb(spec))
     return children

@@ -22,6 +22,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dev-allow-file-uris", action="store_true", help="allow file:// model URIs (dev clusters only)"
     )
+    p.add_argument(
+        "--gpu-surge-grace-seconds",
+        type=float,
+        help="how long a surge pod may wait for GPUs before a rollout replaces pods one at a time (default 15)",
+    )
     peering = p.add_mutually_exclusive_group()
     peering.add_argument("--standalone", action="store_true", help="no peering: the only operator instance")
     peering.add_argument("--peering", metavar="NAME", help="kopf peering object for more than one replica")
@@ -40,6 +45,11 @@ def resolve_settings(args: argparse.Namespace, env: dict[str, str]) -> OperatorS
         namespaces=tuple(args.namespace) or base.namespaces,
         allow_file_uris=args.dev_allow_file_uris or base.allow_file_uris,
         field_manager=base.field_manager,
+        gpu_surge_grace_seconds=(
+            args.gpu_surge_grace_seconds
+            if args.gpu_surge_grace_seconds is not None
+            else base.gpu_surge_grace_seconds
+        ),
     )
 
 

@@ -165,6 +165,10 @@ MODEL_SERVICE_STATUS: Schema = _obj(
         "endpoint": _str(),
         "modelPath": _str(),
         "revision": _str(),
+        "rollout": _obj(
+            {"replaceRevision": _str(), "reason": _str(), "message": _str()},
+            description="Set when a rollout replaces pods instead of surging, and why.",
+        ),
         "conditions": {
             "type": "array",
             "items": CONDITION_SCHEMA,

@@ -21,10 +21,11 @@ from typing import Any
 from kubemaas.logs import kv
 from kubemaas_operator.builders import (
     MODEL_SERVICE_LABEL,
-    REVISION_LABEL,
     build_children,
     build_pdb,
     endpoint,
+    pod_template,
+    revision_of,
 )
 from kubemaas_operator.clients import KubeApiError, KubeClient
 from kubemaas_operator.crd import API_VERSION
@@ -39,6 +40,8 @@ from kubemaas_operator.status import (
     compute_status,
     same_status,
     status_patch,
+    surge_blocked_by_gpus,
+    with_replacement_rollout,
 )
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ def version_marker(obj: Body) -> str:
 class Applied:
     generation: int
     markers: dict[tuple[str, str], str]  # (kind, name) -> version marker after our apply
+    replace: bool = False
 
 
 class Reconciler:
@@ -176,21 +180,50 @@ class Reconciler:
         resolved, waiting = await self._model_source(spec)
         desired = desired_replicas(spec, body.get("status") or {})
         revision = ""
+        rollout = dict((body.get("status") or {}).get("rollout") or {})
+        replace = False
+        pods = list(self.cache.pods.get(key, {}).values())
         if waiting is None:
-            children = build_children(spec, desired, resolved)
-            revision = children[0]["spec"]["template"]["metadata"]["labels"][REVISION_LABEL]
-            if force or self._drifted(key, spec, children):
-                await self._apply(key, spec, children)
+            revision = revision_of(pod_template(spec, resolved))
+            replace = rollout.get("replaceRevision") == revision
+            if not replace and spec.gpu is not None:
+                blocked = surge_blocked_by_gpus(
+                    pods,
+                    revision=revision,
+                    gpu_resource=spec.gpu.resource,
+                    now=dt.datetime.now(dt.UTC),
+                    grace_seconds=self.settings.gpu_surge_grace_seconds,
+                )
+                if blocked is not None:
+                    replace = True
+                    rollout = {
+                        "replaceRevision": revision,
+                        "reason": "ReplacingForLackOfGPUs",
+                        "message": blocked.message,
+                    }
+                    log.info(
+                        "surge pod cannot be placed for lack of GPUs; replacing pods one at a time",
+                        extra=kv(namespace=key[0], name=key[1], revision=revision, scheduler=blocked.message),
+                    )
+            children = build_children(spec, desired, resolved, replace=replace)
+            if force or self._drifted(key, spec, children, replace):
+                await self._apply(key, spec, children, replace)
         observed = ObservedState(
             generation=spec.generation,
             desired_replicas=desired,
             deployment=self.cache.deployments.get(key, {}).get(spec.name),
-            pods=list(self.cache.pods.get(key, {}).values()),
+            pods=pods,
             endpoint=endpoint(spec),
             waiting_for=waiting,
         )
+        computed = compute_status(observed)
+        if not replace and spec.gpu is not None and computed.phase in (Phase.DEGRADED, Phase.PENDING):
+            # An unschedulable surge pod sends no more events: look again once its grace is over.
+            asyncio.get_running_loop().call_later(self.settings.gpu_surge_grace_seconds + 0.5, self.wake, key)
+        if replace and spec.gpu is not None:
+            computed = with_replacement_rollout(computed, spec.gpu.resource)
         await self._write_status(
-            body, compute_status(observed), desired=desired, revision=revision, observed=observed
+            body, computed, desired=desired, revision=revision, observed=observed, rollout=rollout
         )
 
     async def _model_source(self, spec: ModelServiceSpec) -> tuple[str | None, str | None]:
@@ -211,9 +244,11 @@ class Reconciler:
             )
         return output, None
 
-    def _drifted(self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]]) -> bool:
+    def _drifted(
+        self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]], replace: bool
+    ) -> bool:
         applied = self.applied.get(key)
-        if applied is None or applied.generation != spec.generation:
+        if applied is None or applied.generation != spec.generation or applied.replace != replace:
             return True
         for child in children:
             cached = self.cache.table(child["kind"]).get(key, {}).get(child["metadata"]["name"])
@@ -223,7 +258,9 @@ class Reconciler:
                 return True
         return False
 
-    async def _apply(self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]]) -> None:
+    async def _apply(
+        self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]], replace: bool
+    ) -> None:
         markers: dict[tuple[str, str], str] = {}
         for child in children:
             result = await asyncio.to_thread(self.client.apply, child)
@@ -237,7 +274,7 @@ class Reconciler:
                 spec.namespace,
                 pdb["metadata"]["name"],
             )
-        self.applied[key] = Applied(generation=spec.generation, markers=markers)
+        self.applied[key] = Applied(generation=spec.generation, markers=markers, replace=replace)
         log.info("applied children", extra=kv(namespace=key[0], name=key[1], children=len(children)))
 
     async def _write_status(
@@ -248,6 +285,7 @@ class Reconciler:
         desired: int,
         revision: str,
         observed: ObservedState | None = None,
+        rollout: Mapping[str, Any] | None = None,
     ) -> None:
         meta = body["metadata"]
         previous = body.get("status") or {}
@@ -259,7 +297,12 @@ class Reconciler:
             endpoint="",
         )
         patch = status_patch(
-            computed, observed=observed, previous=previous, now=dt.datetime.now(dt.UTC), revision=revision
+            computed,
+            observed=observed,
+            previous=previous,
+            now=dt.datetime.now(dt.UTC),
+            revision=revision,
+            rollout=rollout,
         )
         if same_status(patch, previous):
             return
@@ -301,7 +344,15 @@ def trimmed(body: Body) -> dict[str, Any]:
     out: dict[str, Any] = {
         "metadata": {
             k: meta[k]
-            for k in ("name", "namespace", "labels", "generation", "resourceVersion", "deletionTimestamp")
+            for k in (
+                "name",
+                "namespace",
+                "labels",
+                "generation",
+                "resourceVersion",
+                "deletionTimestamp",
+                "creationTimestamp",
+            )
             if k in meta
         },
         "status": dict(body.get("status") or {}),

@@ -7,6 +7,7 @@
 | `--namespace NS` (repeatable) | `KUBEMAAS_NAMESPACES` (comma-separated) | all namespaces |
 | `--dev-allow-file-uris` | `KUBEMAAS_DEV_ALLOW_FILE_URIS=1` | off |
 | `--field-manager` | `KUBEMAAS_FIELD_MANAGER` | `kubemaas` |
+| `--gpu-surge-grace-seconds` | `KUBEMAAS_GPU_SURGE_GRACE_SECONDS` | 15 |
 """
 
 from __future__ import annotations
@@ -43,4 +44,5 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         namespaces=namespaces,
         allow_file_uris=_truthy(env.get("KUBEMAAS_DEV_ALLOW_FILE_URIS")),
         field_manager=env.get("KUBEMAAS_FIELD_MANAGER") or "kubemaas",
+        gpu_surge_grace_seconds=float(env.get("KUBEMAAS_GPU_SURGE_GRACE_SECONDS") or 15.0),
     )

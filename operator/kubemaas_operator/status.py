@@ -210,6 +210,53 @@ def compute_status(observed: ObservedState) -> ComputedStatus:
     )
 
 
+def surge_blocked_by_gpus(
+    pods: Sequence[Body], *, revision: str, gpu_resource: str, now: dt.datetime, grace_seconds: float
+) -> PodProblem | None:
+    """A pod of the new revision that no node can take for lack of GPUs, for longer than the grace.
+
+    Only a rollout can be blocked this way: pods of another revision must still be running,
+    holding the GPUs the new pod needs (the classic single-GPU rollout deadlock).
+    """
+    revision_label = "kubemaas.io/revision"
+    old_running = any(
+        (p.get("metadata", {}).get("labels") or {}).get(revision_label) not in (None, revision) for p in pods
+    )
+    if not old_running:
+        return None
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        if (meta.get("labels") or {}).get(revision_label) != revision:
+            continue
+        problem = unschedulable(pod)
+        if problem is None or f"Insufficient {gpu_resource}" not in problem.message:
+            continue
+        created = meta.get("creationTimestamp")
+        if (
+            created
+            and (now - dt.datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+            >= grace_seconds
+        ):
+            return problem
+    return None
+
+
+def with_replacement_rollout(computed: ComputedStatus, gpu_resource: str) -> ComputedStatus:
+    """Say why this rollout replaces pods instead of surging, while it is still rolling out."""
+    conditions = []
+    for condition in computed.conditions:
+        if condition.type is ConditionType.PROGRESSING and condition.status:
+            condition = Condition(
+                ConditionType.PROGRESSING,
+                True,
+                "ReplacingForLackOfGPUs",
+                f"no node has room for a surge pod's {gpu_resource}: replacing one pod at a time "
+                f"(one replica fewer until done); {condition.message}",
+            )
+        conditions.append(condition)
+    return ComputedStatus(computed.phase, computed.replicas, computed.ready_replicas, tuple(conditions))
+
+
 def _rollout_message(dep_status: Mapping[str, Any], wanted: int) -> str:
     updated = dep_status.get("updatedReplicas", 0)
     return f"{updated}/{wanted} replicas on the current revision"
@@ -246,8 +293,10 @@ def status_patch(
     previous: Mapping[str, Any],
     now: dt.datetime,
     revision: str,
+    rollout: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
+        **({"rollout": dict(rollout)} if rollout else {}),
         "observedGeneration": observed.generation,
         "phase": computed.phase.value,
         "replicas": computed.replicas,

@@ -47,7 +47,13 @@ class OperatorProcess:
         self.cluster = cluster
         self.log = workdir / "operator.log"
         kubeconfig = token_kubeconfig(cluster, workdir / "operator.kubeconfig")
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBEMAAS_LOG_LEVEL": "INFO"}
+        # A short GPU surge grace keeps the rollout tests quick; the default is 15 s.
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "KUBEMAAS_LOG_LEVEL": "INFO",
+            "KUBEMAAS_GPU_SURGE_GRACE_SECONDS": "3",
+        }
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kubemaas", "operator", "--standalone", *extra],

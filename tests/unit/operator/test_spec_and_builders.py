@@ -168,3 +168,8 @@ def test_settings_come_from_the_environment() -> None:
         ("a", "b"),
         True,
     )
+
+
+def test_a_replacing_rollout_trades_one_replica_for_no_surge() -> None:
+    deployment = build_deployment(parse_model_service(body(), SETTINGS), replicas=2, replace=True)
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}

@@ -10,6 +10,8 @@ from kubemaas_operator.status import (
     render_conditions,
     same_status,
     status_patch,
+    surge_blocked_by_gpus,
+    with_replacement_rollout,
 )
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
@@ -158,3 +160,61 @@ def test_an_unchanged_status_is_not_rewritten() -> None:
     )
     assert same_status(second, first)
     assert not same_status({**second, "readyReplicas": 1}, first)
+
+
+def gpu_pod(
+    name: str,
+    revision: str,
+    *,
+    pending_for: float,
+    message: str = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+) -> dict[str, Any]:
+    created = (NOW - dt.timedelta(seconds=pending_for)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pending = pod(name, ready=False, scheduled={"reason": "Unschedulable", "message": message})
+    pending["metadata"].update({"labels": {"kubemaas.io/revision": revision}, "creationTimestamp": created})
+    return pending
+
+
+def running(name: str, revision: str) -> dict[str, Any]:
+    item = pod(name)
+    item["metadata"]["labels"] = {"kubemaas.io/revision": revision}
+    return item
+
+
+def test_a_surge_pod_starved_of_gpus_past_the_grace_blocks_the_rollout() -> None:
+    pods = [running("old-1", "r1"), running("old-2", "r1"), gpu_pod("new-1", "r2", pending_for=20)]
+    problem = surge_blocked_by_gpus(
+        pods, revision="r2", gpu_resource="nvidia.com/gpu", now=NOW, grace_seconds=15
+    )
+    assert problem is not None and "Insufficient nvidia.com/gpu" in problem.message
+
+
+def test_a_surge_pod_within_its_grace_or_starved_of_something_else_does_not() -> None:
+    young = [running("old-1", "r1"), gpu_pod("new-1", "r2", pending_for=5)]
+    assert (
+        surge_blocked_by_gpus(young, revision="r2", gpu_resource="nvidia.com/gpu", now=NOW, grace_seconds=15)
+        is None
+    )
+    cpu = [
+        running("old-1", "r1"),
+        gpu_pod("new-1", "r2", pending_for=60, message="0/4 nodes are available: 4 Insufficient cpu."),
+    ]
+    assert (
+        surge_blocked_by_gpus(cpu, revision="r2", gpu_resource="nvidia.com/gpu", now=NOW, grace_seconds=15)
+        is None
+    )
+
+
+def test_a_first_rollout_without_old_pods_is_never_switched_to_replacement() -> None:
+    pods = [gpu_pod("new-1", "r2", pending_for=60)]
+    assert (
+        surge_blocked_by_gpus(pods, revision="r2", gpu_resource="nvidia.com/gpu", now=NOW, grace_seconds=15)
+        is None
+    )
+
+
+def test_a_replacing_rollout_says_so_while_it_progresses() -> None:
+    computed = compute_status(observe([pod("a"), pod("b")], dep=deployment(2, updated=1)))
+    replaced = by_type(with_replacement_rollout(computed, "nvidia.com/gpu").conditions)["Progressing"]
+    assert replaced.reason == "ReplacingForLackOfGPUs"
+    assert "nvidia.com/gpu" in replaced.message

@@ -36,6 +36,7 @@ import yaml
 
 from kubemaas_cluster.binaries import ensure_binaries
 from kubemaas_cluster.controlplane import ClusterOptions, down, free_port, up
+from kubemaas_cluster.kubeconfig import with_token_user, write_kubeconfig
 from kubemaas_cluster.paths import default_state_dir, source_root
 
 MODEL_NAME = "regressor"
@@ -175,24 +176,9 @@ def install_operator(binaries: dict[str, Path], kubeconfig: Path, work: Path) ->
     token = kubectl(
         binaries, kubeconfig, "create", "token", "kubemaas-operator", "-n", "kubemaas-system"
     ).strip()
-    admin = yaml.safe_load(kubeconfig.read_text())
     operator_config = work / "operator.kubeconfig"
-    operator_config.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": admin["clusters"],
-                "users": [{"name": "kubemaas-operator", "user": {"token": token}}],
-                "contexts": [
-                    {
-                        "name": "operator",
-                        "context": {"cluster": admin["clusters"][0]["name"], "user": "kubemaas-operator"},
-                    }
-                ],
-                "current-context": "operator",
-            }
-        )
+    write_kubeconfig(
+        operator_config, with_token_user(kubeconfig.read_text(), user="kubemaas-operator", token=token)
     )
     log = (work / "operator.log").open("ab")
     _say(f"operator log: {work / 'operator.log'}")

@@ -44,3 +44,18 @@ def write_kubeconfig(path: Path, content: str) -> None:
     tmp.write_text(content)
     tmp.chmod(0o600)
     tmp.replace(path)
+
+
+def with_token_user(kubeconfig: str, *, user: str, token: str) -> str:
+    """The same cluster as `kubeconfig`, reached as `user` with a bearer token (a ServiceAccount's)."""
+    admin = yaml.safe_load(kubeconfig)
+    cluster = admin["clusters"][0]
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": cluster["name"], "user": user}}],
+        "current-context": user,
+    }
+    return yaml.safe_dump(doc, sort_keys=False)

@@ -15,30 +15,19 @@ from typing import Any
 import pytest
 import yaml
 
+from kubemaas_cluster.kubeconfig import with_token_user, write_kubeconfig
 from tests.integration.conftest import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def token_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
     token = cluster.kubectl(
         "create", "token", "kubemaas-operator", "-n", "kubemaas-system", "--duration=2h"
     ).stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": admin["clusters"],
-        "users": [{"name": "kubemaas-operator", "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": "operator",
-                "context": {"cluster": admin["clusters"][0]["name"], "user": "kubemaas-operator"},
-            }
-        ],
-        "current-context": "operator",
-    }
-    path.write_text(yaml.safe_dump(config))
+    write_kubeconfig(
+        path, with_token_user(cluster.kubeconfig.read_text(), user="kubemaas-operator", token=token)
+    )
     return path
 
 

@@ -58,3 +58,14 @@ def test_kubeconfig_embeds_credentials_and_points_at_the_server(tmp_path: Path) 
     assert doc["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
     assert doc["users"][0]["user"]["client-key-data"]
     assert doc["current-context"] == doc["contexts"][0]["name"]
+
+
+def test_a_token_kubeconfig_keeps_the_cluster_and_drops_the_admin_credentials(tmp_path: Path) -> None:
+    from kubemaas_cluster.kubeconfig import with_token_user
+
+    pki = create_pki(tmp_path, service_ip="127.2.0.1")
+    admin = render_kubeconfig(server="https://127.0.0.1:6443", ca=pki.ca.cert, client=pki.admin, user="admin")
+    doc = yaml.safe_load(with_token_user(admin, user="kubemaas-operator", token="abc.def.ghi"))
+    assert doc["clusters"] == yaml.safe_load(admin)["clusters"]
+    assert doc["users"] == [{"name": "kubemaas-operator", "user": {"token": "abc.def.ghi"}}]
+    assert "client-key-data" not in str(doc)

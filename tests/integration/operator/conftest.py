@@ -35,21 +35,30 @@ class OperatorProcess:
     def __init__(self, cluster: LocalCluster, workdir: Path, *extra: str) -> None:
         self.cluster = cluster
         self.log = workdir / "operator.log"
+        self.extra = extra
         kubeconfig = token_kubeconfig(cluster, workdir / "operator.kubeconfig")
         # A short GPU surge grace keeps the rollout tests quick; the default is 15 s.
-        env = {
+        self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "KUBEMAAS_LOG_LEVEL": "INFO",
             "KUBEMAAS_GPU_SURGE_GRACE_SECONDS": "3",
         }
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubemaas", "operator", "--standalone", *extra],
+            return subprocess.Popen(
+                [sys.executable, "-m", "kubemaas", "operator", "--standalone", *self.extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=self.env,
             )
+
+    def restart(self) -> None:
+        """Start a fresh process (after `stop`), as a Deployment would after a crash."""
+        assert self.proc.poll() is not None, "stop the running operator first"
+        self.proc = self._spawn()
 
     def stop(self, sig: int | None = None) -> None:
         if self.proc.poll() is None:

@@ -14,3 +14,6 @@ SIM_FAIL_ANNOTATION = "kubemaas.io/sim-fail"
 SIM_EXIT_CODE_ANNOTATION = "kubemaas.io/sim-exit-code"
 # A Go duration ("2s") to wait before completing or failing.
 SIM_DELAY_ANNOTATION = "kubemaas.io/sim-delay"
+# A pod whose first container runs this image crash-loops from the start and never turns Ready
+# (a broken revision): waiting CrashLoopBackOff, last exit 1 with a model-load message.
+SIM_CRASHLOOP_IMAGE = "sim.kubemaas.io/crashloop:1"

@@ -1,13 +1,21 @@
-"""`kubemaas operator`: run the kopf operator against $KUBECONFIG (or the pod's account)."""
+"""`kubemaas operator`: run the kopf operator against $KUBECONFIG (or the pod's account).
+
+Unless `--standalone`, the process first waits to hold the leader Lease (leader.py), so any
+number of replicas may run and exactly one reconciles; losing the Lease ends the process.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import threading
 
-from kubemaas.logs import setup_logging
-from kubemaas_operator.settings import OperatorSettings, settings_from_env
+from kubemaas.logs import kv, setup_logging
+from kubemaas_operator.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE, LeaseElector
+from kubemaas_operator.settings import OperatorSettings, settings_from_env, truthy
+
+log = logging.getLogger(__name__)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,9 +35,20 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="how long a surge pod may wait for GPUs before a rollout replaces pods one at a time (default 15)",
     )
-    peering = p.add_mutually_exclusive_group()
-    peering.add_argument("--standalone", action="store_true", help="no peering: the only operator instance")
-    peering.add_argument("--peering", metavar="NAME", help="kopf peering object for more than one replica")
+    p.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no leader election: the only operator instance (tests, dev); env KUBEMAAS_STANDALONE=1",
+    )
+    p.add_argument(
+        "--lease-name",
+        help=f"Lease the replicas elect a leader with (env KUBEMAAS_LEASE_NAME, default {DEFAULT_LEASE_NAME})",
+    )
+    p.add_argument(
+        "--lease-namespace",
+        help="namespace of that Lease (env KUBEMAAS_LEASE_NAMESPACE, else POD_NAMESPACE, "
+        f"else {DEFAULT_LEASE_NAMESPACE})",
+    )
     p.add_argument(
         "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://127.0.0.1:8080/healthz"
     )
@@ -53,22 +72,65 @@ def resolve_settings(args: argparse.Namespace, env: dict[str, str]) -> OperatorS
     )
 
 
+def lease_location(args: argparse.Namespace, env: dict[str, str]) -> tuple[str, str]:
+    """(namespace, name) of the leader Lease: flags, then the environment, then defaults."""
+    namespace = (
+        args.lease_namespace
+        or env.get("KUBEMAAS_LEASE_NAMESPACE")
+        or env.get("POD_NAMESPACE")
+        or DEFAULT_LEASE_NAMESPACE
+    )
+    return namespace, args.lease_name or env.get("KUBEMAAS_LEASE_NAME") or DEFAULT_LEASE_NAME
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    settings = resolve_settings(args, dict(os.environ))
+    env = dict(os.environ)
+    settings = resolve_settings(args, env)
     setup_logging("INFO")
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
     import kopf
 
     from kubemaas_operator import handlers
+    from kubemaas_operator.clients import KubeClient, load_api_client
+
+    stop = threading.Event()
+    elector: LeaseElector | None = None
+    if not (args.standalone or truthy(env.get("KUBEMAAS_STANDALONE"))):
+        namespace, name = lease_location(args, env)
+        elector = LeaseElector(KubeClient(load_api_client()), namespace=namespace, name=name)
+        elector.acquire()
+        threading.Thread(
+            target=elector.keep, args=(lambda: _stop_leading(stop, elector), stop), name="lease", daemon=True
+        ).start()
 
     handlers.RUNTIME.settings = settings
-    kopf.run(
-        standalone=args.standalone,
-        peering_name=args.peering,
-        namespaces=list(settings.namespaces),
-        clusterwide=not settings.namespaces,
-        liveness_endpoint=args.liveness,
-    )
-    return 0
+    try:
+        kopf.run(
+            standalone=True,
+            namespaces=list(settings.namespaces),
+            clusterwide=not settings.namespaces,
+            liveness_endpoint=args.liveness,
+            stop_flag=stop,
+        )
+    finally:
+        lost = elector is not None and elector.lost
+        stop.set()
+        if elector is not None:
+            elector.release()
+    return 1 if lost else 0
+
+
+def _stop_leading(stop: threading.Event, elector: LeaseElector) -> None:
+    """Stop kopf now; if it has not stopped before a standby may take over, end the process."""
+    stop.set()
+    grace = elector.timing.duration_seconds - elector.timing.renew_deadline_seconds - 1
+
+    def hard_exit() -> None:
+        log.error("still running after losing the lease; exiting", extra=kv(grace_seconds=grace))
+        os._exit(1)
+
+    timer = threading.Timer(max(grace, 0.5), hard_exit)
+    timer.daemon = True
+    timer.start()

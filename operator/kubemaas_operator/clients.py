@@ -27,6 +27,7 @@ PLURALS: Final[dict[tuple[str, str], str]] = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("batch/v1", "Job"): "jobs",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
     (API_VERSION, "ModelService"): "modelservices",
     (API_VERSION, "TrainingJob"): "trainingjobs",
 }

@@ -169,6 +169,15 @@ MODEL_SERVICE_STATUS: Schema = _obj(
             {"replaceRevision": _str(), "reason": _str(), "message": _str()},
             description="Set when a rollout replaces pods instead of surging, and why.",
         ),
+        "stable": {
+            **_obj({"revision": _str()}, description="The last revision that was Ready, and its spec."),
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+        "progressing": _obj({"revision": _str(), "since": _str()}, description="A rollout under way."),
+        "rolledBack": _obj(
+            {"revision": _str(), "to": _str(), "reason": _str(), "message": _str()},
+            description="The revision rolled back automatically, and why.",
+        ),
         "conditions": {
             "type": "array",
             "items": CONDITION_SCHEMA,

@@ -29,6 +29,7 @@ from kubemaas_operator.builders import (
 )
 from kubemaas_operator.clients import KubeApiError, KubeClient
 from kubemaas_operator.crd import API_VERSION
+from kubemaas_operator.rollback import choose_revision
 from kubemaas_operator.settings import OperatorSettings
 from kubemaas_operator.spec import ModelServiceSpec, SpecError, UriScheme, parse_model_service
 from kubemaas_operator.status import (
@@ -94,7 +95,7 @@ def version_marker(obj: Body) -> str:
 class Applied:
     generation: int
     markers: dict[tuple[str, str], str]  # (kind, name) -> version marker after our apply
-    replace: bool = False
+    mode: tuple[bool, str] = (False, "")  # (replacing instead of surging, revision served)
 
 
 class Reconciler:
@@ -180,10 +181,41 @@ class Reconciler:
         resolved, waiting = await self._model_source(spec)
         desired = desired_replicas(spec, body.get("status") or {})
         revision = ""
-        rollout = dict((body.get("status") or {}).get("rollout") or {})
+        previous = body.get("status") or {}
+        rollout = dict(previous.get("rollout") or {})
         replace = False
         pods = list(self.cache.pods.get(key, {}).values())
+        extra: dict[str, Any] = {}
+        rolled_back: dict[str, Any] | None = None
+        now = dt.datetime.now(dt.UTC)
         if waiting is None:
+            wanted = revision_of(pod_template(spec, resolved))
+            stable = previous.get("stable")
+            progressing = previous.get("progressing") or {}
+            since = _parse_time(progressing.get("since")) if progressing.get("revision") == wanted else None
+            choice = choose_revision(
+                current=wanted,
+                stable=stable,
+                rolled_back=previous.get("rolledBack"),
+                pods=pods,
+                progressing_since=since,
+                deadline_seconds=spec.progress_deadline_seconds,
+                now=now,
+            )
+            rolled_back = choice.rolled_back
+            extra["rolledBack"] = rolled_back
+            if choice.use_stable and stable:
+                if previous.get("rolledBack") != rolled_back:
+                    log.warning("rolled back", extra=kv(namespace=key[0], name=key[1], **(rolled_back or {})))
+                spec = parse_model_service({**body, "spec": stable["spec"]}, self.settings)
+                resolved, _ = await self._model_source(spec)
+                extra["progressing"] = None
+            elif stable and stable.get("revision") != wanted:
+                extra["progressing"] = {"revision": wanted, "since": _stamp(since or now)}
+                # A pod that never becomes ready sends no event at the deadline: look again then.
+                asyncio.get_running_loop().call_later(spec.progress_deadline_seconds + 1, self.wake, key)
+            else:
+                extra["progressing"] = None
             revision = revision_of(pod_template(spec, resolved))
             replace = rollout.get("replaceRevision") == revision
             if not replace and spec.gpu is not None:
@@ -206,8 +238,8 @@ class Reconciler:
                         extra=kv(namespace=key[0], name=key[1], revision=revision, scheduler=blocked.message),
                     )
             children = build_children(spec, desired, resolved, replace=replace)
-            if force or self._drifted(key, spec, children, replace):
-                await self._apply(key, spec, children, replace)
+            if force or self._drifted(key, spec, children, (replace, revision)):
+                await self._apply(key, spec, children, (replace, revision))
         observed = ObservedState(
             generation=spec.generation,
             desired_replicas=desired,
@@ -222,8 +254,14 @@ class Reconciler:
             asyncio.get_running_loop().call_later(self.settings.gpu_surge_grace_seconds + 0.5, self.wake, key)
         if replace and spec.gpu is not None:
             computed = with_replacement_rollout(computed, spec.gpu.resource)
+        if rolled_back is not None:
+            computed = with_rollback(computed, rolled_back)
+        elif computed.phase is Phase.READY and waiting is None:
+            extra["stable"] = {"revision": revision, "spec": body.get("spec") or {}}
+        if rollout:
+            extra["rollout"] = rollout
         await self._write_status(
-            body, computed, desired=desired, revision=revision, observed=observed, rollout=rollout
+            body, computed, desired=desired, revision=revision, observed=observed, extra=extra
         )
 
     async def _model_source(self, spec: ModelServiceSpec) -> tuple[str | None, str | None]:
@@ -245,10 +283,10 @@ class Reconciler:
         return output, None
 
     def _drifted(
-        self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]], replace: bool
+        self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]], mode: tuple[bool, str]
     ) -> bool:
         applied = self.applied.get(key)
-        if applied is None or applied.generation != spec.generation or applied.replace != replace:
+        if applied is None or applied.generation != spec.generation or applied.mode != mode:
             return True
         for child in children:
             cached = self.cache.table(child["kind"]).get(key, {}).get(child["metadata"]["name"])
@@ -259,7 +297,7 @@ class Reconciler:
         return False
 
     async def _apply(
-        self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]], replace: bool
+        self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]], mode: tuple[bool, str]
     ) -> None:
         markers: dict[tuple[str, str], str] = {}
         for child in children:
@@ -274,7 +312,7 @@ class Reconciler:
                 spec.namespace,
                 pdb["metadata"]["name"],
             )
-        self.applied[key] = Applied(generation=spec.generation, markers=markers, replace=replace)
+        self.applied[key] = Applied(generation=spec.generation, markers=markers, mode=mode)
         log.info("applied children", extra=kv(namespace=key[0], name=key[1], children=len(children)))
 
     async def _write_status(
@@ -285,7 +323,7 @@ class Reconciler:
         desired: int,
         revision: str,
         observed: ObservedState | None = None,
-        rollout: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         meta = body["metadata"]
         previous = body.get("status") or {}
@@ -302,7 +340,7 @@ class Reconciler:
             previous=previous,
             now=dt.datetime.now(dt.UTC),
             revision=revision,
-            rollout=rollout,
+            extra=extra,
         )
         if same_status(patch, previous):
             return
@@ -363,3 +401,28 @@ def trimmed(body: Body) -> dict[str, Any]:
     if "nodeName" in spec:
         out.setdefault("spec", {})["nodeName"] = spec["nodeName"]
     return out
+
+
+def _stamp(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def with_rollback(computed: ComputedStatus, record: Mapping[str, Any]) -> ComputedStatus:
+    condition = Condition(
+        ConditionType.ROLLED_BACK,
+        True,
+        str(record.get("reason", "RolledBack")),
+        str(record.get("message", "")),
+    )
+    return ComputedStatus(
+        computed.phase, computed.replicas, computed.ready_replicas, (*computed.conditions, condition)
+    )

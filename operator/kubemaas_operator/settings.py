@@ -8,6 +8,9 @@
 | `--dev-allow-file-uris` | `KUBEMAAS_DEV_ALLOW_FILE_URIS=1` | off |
 | `--field-manager` | `KUBEMAAS_FIELD_MANAGER` | `kubemaas` |
 | `--gpu-surge-grace-seconds` | `KUBEMAAS_GPU_SURGE_GRACE_SECONDS` | 15 |
+
+Process-level settings (leader election) live in cli.py: `--standalone` / `KUBEMAAS_STANDALONE`,
+`--lease-name` / `KUBEMAAS_LEASE_NAME`, `--lease-namespace` / `KUBEMAAS_LEASE_NAMESPACE`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class OperatorSettings:
     gpu_surge_grace_seconds: float = 15.0
 
 
-def _truthy(value: str | None) -> bool:
+def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -42,7 +45,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         default_image=env.get("KUBEMAAS_DEFAULT_IMAGE") or DEFAULT_IMAGE,
         gpu_resource=env.get("KUBEMAAS_GPU_RESOURCE") or "nvidia.com/gpu",
         namespaces=namespaces,
-        allow_file_uris=_truthy(env.get("KUBEMAAS_DEV_ALLOW_FILE_URIS")),
+        allow_file_uris=truthy(env.get("KUBEMAAS_DEV_ALLOW_FILE_URIS")),
         field_manager=env.get("KUBEMAAS_FIELD_MANAGER") or "kubemaas",
         gpu_surge_grace_seconds=float(env.get("KUBEMAAS_GPU_SURGE_GRACE_SECONDS") or 15.0),
     )

@@ -46,6 +46,7 @@ class ConditionType(enum.StrEnum):
     AVAILABLE = "Available"
     PROGRESSING = "Progressing"
     MODEL_SOURCE = "ModelSourceReady"
+    ROLLED_BACK = "RolledBack"
 
 
 @dataclass(frozen=True)
@@ -293,10 +294,11 @@ def status_patch(
     previous: Mapping[str, Any],
     now: dt.datetime,
     revision: str,
-    rollout: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The status to write; `extra` fields set to None are removed (merge-patch null)."""
     return {
-        **({"rollout": dict(rollout)} if rollout else {}),
+        **dict(extra or {}),
         "observedGeneration": observed.generation,
         "phase": computed.phase.value,
         "replicas": computed.replicas,
@@ -314,7 +316,7 @@ def same_status(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
     """Equal apart from timestamps: no status write (and no watch event) when nothing changed."""
 
     def strip(status: Mapping[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in status.items() if k != "conditions"}
+        out = {k: v for k, v in status.items() if k != "conditions" and v is not None}
         out["conditions"] = [
             {k: v for k, v in c.items() if k != "lastTransitionTime"}
             for c in status.get("conditions", []) or []

@@ -32,10 +32,18 @@ def token_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
 
 
 class OperatorProcess:
-    def __init__(self, cluster: LocalCluster, workdir: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        workdir: Path,
+        *extra: str,
+        standalone: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.log = workdir / "operator.log"
-        self.extra = extra
+        # Without --standalone the process elects a leader on the shipped Lease first.
+        self.extra = ("--standalone", *extra) if standalone else extra
         kubeconfig = token_kubeconfig(cluster, workdir / "operator.kubeconfig")
         # A short GPU surge grace keeps the rollout tests quick; the default is 15 s.
         self.env = {
@@ -43,13 +51,14 @@ class OperatorProcess:
             "KUBECONFIG": str(kubeconfig),
             "KUBEMAAS_LOG_LEVEL": "INFO",
             "KUBEMAAS_GPU_SURGE_GRACE_SECONDS": "3",
+            **(env or {}),
         }
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "kubemaas", "operator", "--standalone", *self.extra],
+                [sys.executable, "-m", "kubemaas", "operator", *self.extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,

@@ -201,11 +201,10 @@ def decide(state: WindowState, samples: Sequence[PodSample], spec: AutoscalingSp
     state = state.with_panic_until(panic_until)
     in_panic = panic_until is not None
 
-    want, mode = stable_want, Mode.STABLE
-    if panicking and panic_want > stable_want:
-        want, mode = panic_want, Mode.PANIC
-    elif in_panic:
-        mode = Mode.PANIC
+    # The panic window only ever raises the count, and only in a panicking round.
+    from_panic = panicking and panic_want > stable_want
+    want = panic_want if from_panic else stable_want
+    mode = Mode.PANIC if in_panic else Mode.STABLE
     state = state.want(now, want, delay_seconds=spec.scale_down_delay_seconds)
 
     def decision(replicas: int, reason: str) -> Decision:
@@ -216,7 +215,7 @@ def decide(state: WindowState, samples: Sequence[PodSample], spec: AutoscalingSp
 
     stable_says = f"demand {stable:.1f} in-flight over {spec.stable_window_seconds:g}s needs {stable_want}"
     if want > current:
-        if mode is Mode.PANIC:
+        if from_panic:
             return decision(
                 want,
                 f"scale up {current} -> {want}: panic, demand {panic:.1f} in-flight over "
@@ -224,7 +223,7 @@ def decide(state: WindowState, samples: Sequence[PodSample], spec: AutoscalingSp
             )
         return decision(want, f"scale up {current} -> {want}: {stable_says}")
     if want == current:
-        if want == panic_want and want != stable_want:
+        if from_panic:
             return decision(
                 current,
                 f"hold {current}: panic, demand {panic:.1f} in-flight over "
@@ -263,7 +262,7 @@ def decide(state: WindowState, samples: Sequence[PodSample], spec: AutoscalingSp
     replicas = max(highest, current - most_removed)
     reason = f"scale down {current} -> {replicas}: {stable_says}"
     if delay > 0:
-        reason += f", at most {highest} for {delay:g}s"
+        reason += f"; no round in the last {delay:g}s wanted more than {highest}"
     if replicas > highest:
         reason += f"; at most {spec.max_scale_down_fraction:.0%} removed per step"
     return decision(replicas, reason)

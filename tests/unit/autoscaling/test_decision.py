@@ -95,6 +95,21 @@ def test_panic_scales_up_past_the_lagging_stable_window_and_says_why() -> None:
     assert second.mode is Mode.PANIC and second.replicas == 6
 
 
+def test_a_stable_scale_up_during_panic_mode_gives_the_stable_reason() -> None:
+    burst = decide(WindowState(), even(2, 40), spec(2), now=0.0)
+    assert burst.mode is Mode.PANIC and burst.replicas == 5
+    # Then 60 in flight: no burst for 5 ready pods (capacity 40), but the 60 s mean climbs.
+    state, current, scale_ups = burst.state, 5, []
+    for t in range(2, 32, 2):
+        decision = decide(state, even(current, 60), spec(current), float(t))
+        if decision.changed:
+            scale_ups.append(decision)
+        state, current = decision.state, decision.replicas
+    assert scale_ups and all(d.mode is Mode.PANIC for d in scale_ups)  # inside panic mode
+    assert all("over 60s needs" in d.reason and "capacity" not in d.reason for d in scale_ups)
+    assert current == 8
+
+
 def test_the_panic_window_never_scales_down_and_blocks_scale_down_for_a_stable_window() -> None:
     state = decide(WindowState(), even(2, 100), spec(2, scale_down_delay_seconds=0), now=0.0).state
     assert state.panic_until == 60.0

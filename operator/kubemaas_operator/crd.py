@@ -238,7 +238,126 @@ def model_service_crd() -> dict[str, Any]:
     }
 
 
-CRDS = {"modelservice.yaml": model_service_crd}
+def _rule(rule: str, message: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+TRAINING_JOB_SPEC: Schema = _obj(
+    {
+        "image": _str(description="Trainer image (runs `kubemaas train`); default from the operator."),
+        "command": {
+            "type": "array",
+            "items": _str(),
+            "minItems": 1,
+            "description": "The training program, run under torchrun by `kubemaas train -- <command>`.",
+        },
+        "workers": {
+            **_int(default=1, description="Pods in the group (torch.distributed nodes)."),
+            **_rule("self >= 1", "workers must be at least 1"),
+        },
+        "procsPerWorker": {
+            **_int(description="Processes per pod (torchrun --nproc-per-node); default gpu.count or 1."),
+            **_rule("self >= 1", "procsPerWorker must be at least 1"),
+        },
+        "gpu": GPU_SCHEMA,
+        "resources": _PRESERVE,
+        "maxRestarts": {
+            **_int(default=3, description="Whole-group restarts after a worker fails."),
+            **_rule("self >= 0", "maxRestarts must not be negative"),
+        },
+        "output": _obj(
+            {
+                "pvc": _str(description="Claim the workers write the model and checkpoints to."),
+                "path": _str(
+                    description="Folder inside the claim; default metadata.name.",
+                    **_rule(
+                        "!self.split('/').exists(segment, segment == '..')",
+                        "output.path must not contain '..' path segments",
+                    ),
+                ),
+            },
+            required=["pvc"],
+        ),
+        "scheduling": SCHEDULING_SCHEMA,
+        "activeDeadlineSeconds": _int(1, description="Wall-clock limit of one attempt."),
+        "ttlSecondsAfterFinished": _int(
+            0, description="Delete the finished Job (not the TrainingJob) after."
+        ),
+        "queue": _str(description="Kueue LocalQueue; admission is then the queue's, not the operator's."),
+    },
+    required=["command"],
+)
+
+TRAINING_JOB_STATUS: Schema = _obj(
+    {
+        "observedGeneration": _int(),
+        "phase": _str(enum=["Pending", "Running", "Restarting", "Succeeded", "Failed"]),
+        "restarts": _int(),
+        "job": _str(description="The current attempt's Job."),
+        "workers": _obj({"active": _int(), "succeeded": _int(), "failed": _int()}),
+        "startTime": _str(format="date-time"),
+        "completionTime": _str(format="date-time"),
+        "message": _str(),
+        "output": _obj({"uri": _str()}),
+        "conditions": {
+            "type": "array",
+            "items": CONDITION_SCHEMA,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    },
+    **{"x-kubernetes-preserve-unknown-fields": True},
+)
+
+
+def training_job_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"trainingjobs.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": "TrainingJob",
+                "listKind": "TrainingJobList",
+                "plural": "trainingjobs",
+                "singular": "trainingjob",
+                "shortNames": ["tj"],
+                "categories": ["kubemaas", "all"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
+                        {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+                        {"name": "Output", "type": "string", "jsonPath": ".status.output.uri", "priority": 1},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": _obj(
+                            {
+                                "apiVersion": _str(),
+                                "kind": _str(),
+                                "metadata": {"type": "object"},
+                                "spec": TRAINING_JOB_SPEC,
+                                "status": TRAINING_JOB_STATUS,
+                            },
+                            required=["spec"],
+                        )
+                    },
+                }
+            ],
+        },
+    }
+
+
+CRDS = {"modelservice.yaml": model_service_crd, "trainingjob.yaml": training_job_crd}
 
 
 def render(name: str) -> str:

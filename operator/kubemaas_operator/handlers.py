@@ -22,8 +22,10 @@ from kubemaas_operator.clients import KubeClient, load_api_client
 from kubemaas_operator.crd import GROUP, VERSION
 from kubemaas_operator.reconciler import Reconciler, trimmed
 from kubemaas_operator.settings import OperatorSettings, settings_from_env
+from kubemaas_operator.training_reconciler import TrainingReconciler, trimmed_job, wake_model_services
 
 CHILD_LABELS = {MANAGED_BY: "kubemaas", APP_NAME: "model-server"}
+TRAINER_LABELS = {MANAGED_BY: "kubemaas", APP_NAME: "trainer"}
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Runtime:
 
     settings: OperatorSettings | None = None
     reconciler: Reconciler | None = None
+    training: TrainingReconciler | None = None
 
 
 RUNTIME = Runtime()
@@ -52,12 +55,17 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.error_backoffs = [1, 2, 5, 10]
     client = KubeClient(load_api_client(), field_manager=ours.field_manager)
     RUNTIME.reconciler = Reconciler(client, ours)
+    RUNTIME.training = TrainingReconciler(
+        client, ours, on_phase_change=lambda ns, name, _: wake_model_services(RUNTIME.reconciler, ns, name)
+    )
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     if RUNTIME.reconciler is not None:
         await RUNTIME.reconciler.stop()
+    if RUNTIME.training is not None:
+        await RUNTIME.training.stop()
 
 
 @kopf.on.event(GROUP, VERSION, "modelservices")
@@ -83,6 +91,26 @@ async def pdb_event(type: str | None, body: kopf.Body, **_: Any) -> None:
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)
 async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     reconciler().on_child("Pod", type, trimmed(body))
+
+
+def training() -> TrainingReconciler:
+    assert RUNTIME.training is not None, "the startup handler has not run"
+    return RUNTIME.training
+
+
+@kopf.on.event(GROUP, VERSION, "trainingjobs")
+async def training_job_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    training().on_training_job(type, _plain(body))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=TRAINER_LABELS)
+async def training_attempt_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    training().on_child("Job", type, trimmed_job(body))
+
+
+@kopf.on.event("v1", "pods", labels=TRAINER_LABELS)
+async def training_pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    training().on_child("Pod", type, trimmed(body))
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help venv lint test test-unit test-integration demo tools cluster-up cluster-down \
-        bench-server bench-operator protos kind-up clean
+        bench-server bench-operator bench-autoscaling protos kind-up clean
 
 help:
 	@echo "make test   - lint, then the whole test suite (starts its own local control plane)"
@@ -63,6 +63,9 @@ protos: $(STAMP)
 # gets its own venv under the user's cache dir on the first run. BENCH_SERVER_ARGS="--duration 5".
 bench-server: $(STAMP)
 	$(BIN)/python benchmarks/bench_server.py $(BENCH_SERVER_ARGS)
+
+bench-autoscaling: $(STAMP)
+	$(BIN)/python benchmarks/bench_autoscaling.py
 
 bench-operator: $(STAMP) tools
 	$(BIN)/python benchmarks/bench_operator.py

@@ -174,6 +174,10 @@ MODEL_SERVICE_STATUS: Schema = _obj(
             "x-kubernetes-preserve-unknown-fields": True,
         },
         "progressing": _obj({"revision": _str(), "since": _str()}, description="A rollout under way."),
+        "canary": _obj(
+            {"revision": _str(), "percent": _int(), "replicas": _int()},
+            description="The new revision running as a canary beside the stable one.",
+        ),
         "rolledBack": _obj(
             {"revision": _str(), "to": _str(), "reason": _str(), "message": _str()},
             description="The revision rolled back automatically, and why.",
@@ -267,9 +271,12 @@ TRAINING_JOB_SPEC: Schema = _obj(
         },
         "output": _obj(
             {
-                "pvc": _str(description="Claim the workers write the model and checkpoints to."),
+                "pvc": _str(
+                    description="Claim the workers write the model and checkpoints to.", maxLength=253
+                ),
                 "path": _str(
                     description="Folder inside the claim; default metadata.name.",
+                    maxLength=1024,
                     **_rule(
                         "!self.split('/').exists(segment, segment == '..')",
                         "output.path must not contain '..' path segments",

@@ -102,6 +102,23 @@ def worker_index(pod: Body) -> int | None:
         return None
 
 
+def pod_failure(pod: Body) -> tuple[str, str]:
+    """(reason, message) of a failed worker: its container's own exit first (what the training
+    script said, OOMKilled, the exit code), the pod-level reason (Evicted, DeadlineExceeded) next."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated and terminated.get("exitCode", 0) != 0:
+            detail = f"exit code {terminated.get('exitCode')}"
+            if terminated.get("message"):
+                detail += f": {str(terminated['message']).strip()[-500:]}"
+            return terminated.get("reason") or "Error", detail
+    problem = crashing(pod)
+    if problem is not None:
+        return problem.reason, problem.message
+    status = pod.get("status") or {}
+    return status.get("reason") or "PodFailed", status.get("message") or "the pod failed"
+
+
 def attempt_failure(job: Body | None, pods: Sequence[Body]) -> WorkerFailure | None:
     """The first failed worker (lowest index), else the Job's own failure, else None.
 
@@ -111,9 +128,8 @@ def attempt_failure(job: Body | None, pods: Sequence[Body]) -> WorkerFailure | N
     failed = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Failed"]
     failed.sort(key=lambda pod: (worker_index(pod) is None, worker_index(pod) or 0))
     for pod in failed:
-        problem = crashing(pod)
-        if problem is not None:
-            return WorkerFailure(worker_index(pod), problem.reason, f"pod {problem.pod}: {problem.message}")
+        reason, message = pod_failure(pod)
+        return WorkerFailure(worker_index(pod), reason, f"pod {pod['metadata']['name']}: {message}")
     conditions = _job_conditions(job)
     for kind in ("Failed", "FailureTarget"):
         condition = conditions.get(kind)

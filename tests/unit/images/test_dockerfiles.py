@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -380,7 +381,16 @@ def test_the_wheel_builds_from_exactly_what_the_builder_stage_copies(
         (wheels_by_layout[layout],) = out.glob("kubemaas-*.whl")
     built = wheels_by_layout[layout]
     assert built.name == f"kubemaas-{PYPROJECT['project']['version']}-py3-none-any.whl"
-    assert "pyproject.toml" in layout and "kubemaas/cli.py" in layout
+    names = zipfile.ZipFile(built).namelist()
+    top_level = {n.split("/", 1)[0] for n in names if "/" in n and not n.startswith("kubemaas-")}
+    assert top_level == {
+        "kubemaas",
+        "kubemaas_server",
+        "kubemaas_operator",
+        "kubemaas_trainer",
+        "kubemaas_cluster",
+    }
+    assert "kubemaas_cluster/assets/kwok.yaml" in names  # package data travels too
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -282,6 +282,20 @@ def _fmt(amount: Decimal) -> str:
     return format(amount.normalize(), "f") if amount == amount.to_integral_value() else str(amount)
 
 
+def _reserve(
+    requests: Mapping[str, Decimal],
+    pod_spec: Mapping[str, Any],
+    nodes: Sequence[Mapping[str, Any]],
+    free_all: dict[Any, dict[str, Decimal]],
+) -> None:
+    for node in nodes:
+        free = free_all[(node.get("metadata") or {}).get("name")]
+        if eligible(node, pod_spec) and all(free.get(r, Decimal(0)) >= a for r, a in requests.items()):
+            for resource, amount in requests.items():
+                free[resource] = free.get(resource, Decimal(0)) - amount
+            return
+
+
 def fits(
     workers: int,
     pod_spec: Mapping[str, Any],
@@ -290,7 +304,9 @@ def fits(
 ) -> Fit:
     """Whether `workers` pods like `pod_spec` can all be placed now, packing nodes greedily.
 
-    `pods` are the cluster's pods (those bound to a node count against it). The message names
+    `pods` are the cluster's pods: those bound to a node count against it; those not bound yet
+    (a group admitted a moment ago, which the scheduler has not placed) are set aside first, on
+    the first node they fit, so two groups never count the same free GPUs. The message names
     the shortfall in the words a user asks about: which resource, how much, and the most any
     one node has free.
     """
@@ -298,7 +314,15 @@ def fits(
     candidates = [node for node in nodes if eligible(node, pod_spec)]
     if not candidates:
         return Fit(False, f"needs {workers} pods; no node matches their node selector and tolerations")
-    free_by_node = [free_resources(node, pods) for node in candidates]
+    free_all = {(node.get("metadata") or {}).get("name"): free_resources(node, pods) for node in nodes}
+    for pod in pods:
+        spec = pod.get("spec") or {}
+        if spec.get("nodeName") or spec.get("schedulingGates"):
+            continue
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        _reserve(pod_requests(spec), spec, nodes, free_all)
+    free_by_node = [free_all[(node.get("metadata") or {}).get("name")] for node in candidates]
     room = 0
     for free in free_by_node:
         room += min(

@@ -276,7 +276,7 @@ class TrainingReconciler:
             self.client.request,
             "GET",
             "/api/v1/pods",
-            query=[("fieldSelector", "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed")],
+            query=[("fieldSelector", "status.phase!=Succeeded,status.phase!=Failed")],
         )
         return fits(spec.workers, pod_spec, (nodes or {}).get("items", []), (pods or {}).get("items", []))
 

@@ -217,3 +217,14 @@ def test_requests_add_up_across_containers_and_limits_stand_in_for_requests() ->
     assert requests["cpu"] == 4
     assert requests["memory"] == 1024**3
     assert requests["nvidia.com/gpu"] == 2
+
+
+def test_pods_admitted_but_not_yet_bound_hold_their_room() -> None:
+    unbound = [
+        {"spec": {"containers": worker_pod(8)["containers"], "tolerations": worker_pod(8)["tolerations"]}}
+        for _ in range(2)
+    ]
+    assert fits(2, worker_pod(8), NODES, []).fits
+    result = fits(2, worker_pod(8), NODES, unbound)
+    assert not result.fits
+    assert "largest free on a node: 0" in result.message

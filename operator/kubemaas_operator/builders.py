@@ -196,6 +196,29 @@ def build_deployment(
     }
 
 
+TRACK_LABEL = "kubemaas.io/track"
+
+
+def canary_name(spec: ModelServiceSpec) -> str:
+    return f"{spec.name}-canary"
+
+
+def build_canary_deployment(
+    spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None
+) -> Manifest:
+    """The new revision next to the stable Deployment, behind the same Service.
+
+    Its selector adds a track label, so the two Deployments never claim each other's pods
+    (the stable Deployment's own selector is immutable and stays as it was created).
+    """
+    deployment = build_deployment(spec, replicas, resolved_path)
+    deployment["metadata"]["name"] = canary_name(spec)
+    deployment["metadata"]["labels"][TRACK_LABEL] = "canary"
+    deployment["spec"]["selector"]["matchLabels"][TRACK_LABEL] = "canary"
+    deployment["spec"]["template"]["metadata"]["labels"][TRACK_LABEL] = "canary"
+    return deployment
+
+
 def build_service(spec: ModelServiceSpec) -> Manifest:
     return {
         "apiVersion": "v1",

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubemaas.logs import kv
+from kubemaas_operator.autoscaling import split_replicas
 from kubemaas_operator.builders import (
     MODEL_SERVICE_LABEL,
+    Manifest,
+    build_canary_deployment,
     build_children,
     build_pdb,
     endpoint,
@@ -216,6 +219,33 @@ class Reconciler:
                 asyncio.get_running_loop().call_later(spec.progress_deadline_seconds + 1, self.wake, key)
             else:
                 extra["progressing"] = None
+            canary_record = previous.get("canary") or {}
+            canary: Manifest | None = None
+            canary_replicas = 0
+            if not choice.use_stable and stable and stable.get("revision") != wanted:
+                if 1 <= spec.canary_percent <= 99:
+                    # The new revision runs beside the stable one with its share of the replicas.
+                    canary_replicas = split_replicas(desired, spec.canary_percent)[1]
+                    canary = build_canary_deployment(spec, canary_replicas, resolved)
+                    extra["canary"] = {
+                        "revision": wanted,
+                        "percent": spec.canary_percent,
+                        "replicas": canary_replicas,
+                    }
+                    spec = parse_model_service({**body, "spec": stable["spec"]}, self.settings)
+                    resolved, _ = await self._model_source(spec)
+                elif spec.canary_percent == 0 and canary_record.get("revision") == wanted:
+                    rolled_back = {
+                        "revision": wanted,
+                        "to": stable.get("revision"),
+                        "reason": "CanaryRolledBack",
+                        "message": f"canaryPercent set to 0: revision {wanted} rolled back to {stable.get('revision')}",
+                    }
+                    extra["rolledBack"] = rolled_back
+                    spec = parse_model_service({**body, "spec": stable["spec"]}, self.settings)
+                    resolved, _ = await self._model_source(spec)
+            if canary is None:
+                extra["canary"] = None
             revision = revision_of(pod_template(spec, resolved))
             replace = rollout.get("replaceRevision") == revision
             if not replace and spec.gpu is not None:
@@ -237,7 +267,9 @@ class Reconciler:
                         "surge pod cannot be placed for lack of GPUs; replacing pods one at a time",
                         extra=kv(namespace=key[0], name=key[1], revision=revision, scheduler=blocked.message),
                     )
-            children = build_children(spec, desired, resolved, replace=replace)
+            children = build_children(spec, desired - canary_replicas, resolved, replace=replace)
+            if canary is not None:
+                children.append(canary)
             if force or self._drifted(key, spec, children, (replace, revision)):
                 await self._apply(key, spec, children, (replace, revision))
         observed = ObservedState(
@@ -256,7 +288,8 @@ class Reconciler:
             computed = with_replacement_rollout(computed, spec.gpu.resource)
         if rolled_back is not None:
             computed = with_rollback(computed, rolled_back)
-        elif computed.phase is Phase.READY and waiting is None:
+        elif computed.phase is Phase.READY and waiting is None and extra.get("canary") is None:
+            # Only the user's own spec, fully rolled out, becomes the revision to fall back to.
             extra["stable"] = {"revision": revision, "spec": body.get("spec") or {}}
         if rollout:
             extra["rollout"] = rollout
@@ -312,6 +345,10 @@ class Reconciler:
                 spec.namespace,
                 pdb["metadata"]["name"],
             )
+        wanted = {c["metadata"]["name"] for c in children if c["kind"] == "Deployment"}
+        for name in list(self.cache.deployments.get(key, {})):
+            if name not in wanted:  # a canary that was promoted or rolled back
+                await asyncio.to_thread(self.client.delete, "apps/v1", "Deployment", spec.namespace, name)
         self.applied[key] = Applied(generation=spec.generation, markers=markers, mode=mode)
         log.info("applied children", extra=kv(namespace=key[0], name=key[1], children=len(children)))
 

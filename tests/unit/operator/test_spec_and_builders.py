@@ -173,3 +173,18 @@ def test_settings_come_from_the_environment() -> None:
 def test_a_replacing_rollout_trades_one_replica_for_no_surge() -> None:
     deployment = build_deployment(parse_model_service(body(), SETTINGS), replicas=2, replace=True)
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_a_canary_deployment_has_its_own_name_and_track_but_the_service_selects_both() -> None:
+    from kubemaas_operator.builders import build_canary_deployment, build_service
+
+    spec = parse_model_service(body(image="example.invalid/server:2"), SETTINGS)
+    canary = build_canary_deployment(spec, replicas=1)
+    stable = build_deployment(spec, replicas=3)
+    assert canary["metadata"]["name"] == "mlp-canary"
+    assert canary["spec"]["selector"]["matchLabels"]["kubemaas.io/track"] == "canary"
+    assert "kubemaas.io/track" not in stable["spec"]["selector"]["matchLabels"]
+    service_selector = build_service(spec)["spec"]["selector"]
+    for deployment in (canary, stable):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert service_selector.items() <= labels.items()

@@ -7,6 +7,8 @@ number of replicas may run and exactly one reconciles; losing the Lease ends the
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import logging
 import os
 import threading
@@ -90,41 +92,53 @@ def main(argv: list[str]) -> int:
     setup_logging("INFO")
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
-    import kopf
-
     from kubemaas_operator import handlers
     from kubemaas_operator.clients import KubeClient, load_api_client
 
-    stop = threading.Event()
     elector: LeaseElector | None = None
     if not (args.standalone or truthy(env.get("KUBEMAAS_STANDALONE"))):
         namespace, name = lease_location(args, env)
         elector = LeaseElector(KubeClient(load_api_client()), namespace=namespace, name=name)
         elector.acquire()
-        threading.Thread(
-            target=elector.keep, args=(lambda: _stop_leading(stop, elector), stop), name="lease", daemon=True
-        ).start()
 
     handlers.RUNTIME.settings = settings
     try:
-        kopf.run(
+        asyncio.run(_operate(settings, args.liveness, elector))
+    finally:
+        if elector is not None:
+            elector.release()
+    return 1 if elector is not None and elector.lost else 0
+
+
+async def _operate(settings: OperatorSettings, liveness: str | None, elector: LeaseElector | None) -> None:
+    """kopf, stopped by a signal or by losing the Lease.
+
+    The stop flag is an asyncio.Event set from the renewing thread: kopf waits for a
+    threading.Event or a concurrent Future in an executor thread, which nothing releases after
+    a SIGTERM, and the process would then never exit.
+    """
+    import kopf
+
+    stop = asyncio.Event()
+    renewing = threading.Event()
+    if elector is not None:
+        lost = functools.partial(_stop_leading, asyncio.get_running_loop(), stop, elector)
+        threading.Thread(target=elector.keep, args=(lost, renewing), name="lease", daemon=True).start()
+    try:
+        await kopf.operator(
             standalone=True,
             namespaces=list(settings.namespaces),
             clusterwide=not settings.namespaces,
-            liveness_endpoint=args.liveness,
+            liveness_endpoint=liveness,
             stop_flag=stop,
         )
     finally:
-        lost = elector is not None and elector.lost
-        stop.set()
-        if elector is not None:
-            elector.release()
-    return 1 if lost else 0
+        renewing.set()
 
 
-def _stop_leading(stop: threading.Event, elector: LeaseElector) -> None:
+def _stop_leading(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, elector: LeaseElector) -> None:
     """Stop kopf now; if it has not stopped before a standby may take over, end the process."""
-    stop.set()
+    loop.call_soon_threadsafe(stop.set)
     grace = elector.timing.duration_seconds - elector.timing.renew_deadline_seconds - 1
 
     def hard_exit() -> None:

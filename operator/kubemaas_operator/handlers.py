@@ -53,6 +53,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    import asyncio, os
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = int(os.environ.get("XX_THREADS", "0"))
+    if n:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(n))
     client = KubeClient(load_api_client(), field_manager=ours.field_manager)
     RUNTIME.reconciler = Reconciler(client, ours)
     RUNTIME.training = TrainingReconciler(
@@ -71,6 +77,34 @@ async def cleanup(**_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "modelservices")
 async def model_service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     reconciler().on_model_service(type, _plain(body))
+
+
+# Index functions that store nothing in kopf's index but fill the Reconciler's child cache.
+# They exist for kopf's rule that no handler runs until every indexed resource has been listed
+# and each listed object indexed: so the first reconcile after a start (or a leader takeover)
+# already sees every existing child, and a Ready ModelService is never written Pending for a
+# moment because its Deployment and pods had not been listed yet. DELETED events skip index
+# functions, so the event handlers below keep updating the cache too (idempotent).
+
+
+@kopf.index("apps", "v1", "deployments", labels=CHILD_LABELS)
+async def deployment_listed(body: kopf.Body, **_: Any) -> None:
+    reconciler().cache.update("Deployment", None, trimmed(body))
+
+
+@kopf.index("v1", "services", labels=CHILD_LABELS)
+async def service_listed(body: kopf.Body, **_: Any) -> None:
+    reconciler().cache.update("Service", None, trimmed(body))
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
+async def pdb_listed(body: kopf.Body, **_: Any) -> None:
+    reconciler().cache.update("PodDisruptionBudget", None, trimmed(body))
+
+
+@kopf.index("v1", "pods", labels=CHILD_LABELS)
+async def pod_listed(body: kopf.Body, **_: Any) -> None:
+    reconciler().cache.update("Pod", None, trimmed(body))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)

@@ -53,12 +53,6 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
-    import asyncio, os
-    from concurrent.futures import ThreadPoolExecutor
-
-    n = int(os.environ.get("XX_THREADS", "0"))
-    if n:
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(n))
     client = KubeClient(load_api_client(), field_manager=ours.field_manager)
     RUNTIME.reconciler = Reconciler(client, ours)
     RUNTIME.training = TrainingReconciler(

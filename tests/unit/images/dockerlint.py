@@ -615,15 +615,15 @@ def check_remote_add(df: Dockerfile, spec: ImageSpec) -> list[Problem]:
     problems: list[Problem] = []
     for stage in df.stages:
         for add in stage.all("ADD"):
-            words = add.exec_form() or add.args.split()
-            for source in words[:-1]:
+            sources, _ = copy_sources(add)
+            for source in sources:
                 if _REMOTE.match(source):
                     message = f"ADD {source}: a remote source is unpinned and unverified; download in RUN with a checksum"
                     problems.append(Problem("remote-add", add.line, message))
     return problems
 
 
-def _pip_calls_in(df: Dockerfile) -> Iterator[tuple[Instruction, PipCall]]:
+def pip_calls_in(df: Dockerfile) -> Iterator[tuple[Instruction, PipCall]]:
     for stage in df.stages:
         for run in stage.all("RUN"):
             for script in run_scripts(run):
@@ -633,7 +633,7 @@ def _pip_calls_in(df: Dockerfile) -> Iterator[tuple[Instruction, PipCall]]:
 
 def check_pip_cache(df: Dockerfile, spec: ImageSpec) -> list[Problem]:
     problems: list[Problem] = []
-    for run, call in _pip_calls_in(df):
+    for run, call in pip_calls_in(df):
         if "--no-cache-dir" not in call.words:
             message = f"pip {call.subcommand} without --no-cache-dir leaves pip's cache in the layer"
             problems.append(Problem("pip-cache", run.line, message))
@@ -642,7 +642,7 @@ def check_pip_cache(df: Dockerfile, spec: ImageSpec) -> list[Problem]:
 
 def check_pip_pins(df: Dockerfile, spec: ImageSpec) -> list[Problem]:
     problems: list[Problem] = []
-    for run, call in _pip_calls_in(df):
+    for run, call in pip_calls_in(df):
         if call.subcommand != "install":
             continue
         for word in call.requirements():
@@ -656,7 +656,7 @@ def check_pip_pins(df: Dockerfile, spec: ImageSpec) -> list[Problem]:
 def torch_installs(df: Dockerfile) -> list[tuple[Instruction, PipCall]]:
     """The pip installs that name torch itself."""
     found: list[tuple[Instruction, PipCall]] = []
-    for run, call in _pip_calls_in(df):
+    for run, call in pip_calls_in(df):
         names = [requirement_name(word) for word in call.requirements()]
         if call.subcommand == "install" and any(n is not None and n[0] == "torch" for n in names):
             found.append((run, call))

@@ -169,7 +169,7 @@ def test_nothing_is_added_from_a_remote_url(name: str) -> None:
 def test_pip_leaves_no_cache_in_any_layer(name: str) -> None:
     df = load(name)
     assert dockerlint.check_pip_cache(df, IMAGES[name]) == []
-    assert list(dockerlint._pip_calls_in(df)), "the image installs nothing with pip?"
+    assert list(dockerlint.pip_calls_in(df)), "the image installs nothing with pip?"
 
 
 @each_image
@@ -178,7 +178,7 @@ def test_every_package_pip_installs_by_name_is_pinned_torch_included(name: str) 
     assert dockerlint.check_pip_pins(df, IMAGES[name]) == []
     pins = {
         named
-        for _, call in dockerlint._pip_calls_in(df)
+        for _, call in dockerlint.pip_calls_in(df)
         for named in map(dockerlint.requirement_name, call.requirements())
         if named is not None
     }
@@ -190,7 +190,7 @@ def test_every_package_pip_installs_by_name_is_pinned_torch_included(name: str) 
 def test_the_operator_image_never_installs_torch() -> None:
     df = load("operator/Dockerfile")
     assert dockerlint.torch_installs(df) == []
-    words = [word for _, call in dockerlint._pip_calls_in(df) for word in call.words]
+    words = [word for _, call in dockerlint.pip_calls_in(df) for word in call.words]
     assert not [word for word in words if "[torch]" in word]
 
 
@@ -280,7 +280,7 @@ def test_the_cuda_images_install_their_python_because_their_base_has_none() -> N
 def test_one_pip_one_torch_and_one_cuda_base_across_images() -> None:
     pins: dict[str, set[str]] = {}
     for name in IMAGES:
-        for _, call in dockerlint._pip_calls_in(load(name)):
+        for _, call in dockerlint.pip_calls_in(load(name)):
             for named in map(dockerlint.requirement_name, call.requirements()):
                 if named is not None:
                     pins.setdefault(named[0], set()).add(named[1])

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help venv lint test test-unit test-integration demo tools cluster-up cluster-down \
-        bench-server bench-operator bench-autoscaling protos kind-up clean
+        bench-server bench-operator bench-autoscaling protos kind-up images images-cuda kind-load clean
 
 help:
 	@echo "make test   - lint, then the whole test suite (starts its own local control plane)"
@@ -69,6 +69,20 @@ bench-autoscaling: $(STAMP)
 
 bench-operator: $(STAMP) tools
 	$(BIN)/python benchmarks/bench_operator.py
+
+# For people with Docker (see docs/images.md): build the images and load them into kind.
+IMAGE_TAG ?= dev
+images:
+	docker build -f images/operator/Dockerfile    -t kubemaas-operator:$(IMAGE_TAG) .
+	docker build -f images/server/Dockerfile.cpu  -t kubemaas-server:$(IMAGE_TAG) .
+	docker build -f images/trainer/Dockerfile.cpu -t kubemaas-trainer:$(IMAGE_TAG) .
+
+images-cuda:
+	docker build -f images/server/Dockerfile.cuda  -t kubemaas-server:$(IMAGE_TAG)-cuda .
+	docker build -f images/trainer/Dockerfile.cuda -t kubemaas-trainer:$(IMAGE_TAG)-cuda .
+
+kind-load: images
+	kind load docker-image kubemaas-operator:$(IMAGE_TAG) kubemaas-server:$(IMAGE_TAG) kubemaas-trainer:$(IMAGE_TAG) --name kubemaas
 
 # For people with Docker: a kind cluster instead of the local control plane.
 kind-up:

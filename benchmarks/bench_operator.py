@@ -456,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=300, help="give up on a round after this many seconds"
     )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--operator-log", type=Path, help="keep the operator's log here (default: removed with the cluster)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     stop_on_sigterm()
@@ -471,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         kubectl(binaries, kubeconfig, "apply", "--server-side", "-f", str(ROOT / "manifests" / "crds"))
         kubectl(binaries, kubeconfig, "wait", "--for=condition=Established", "crd/modelservices.kubemaas.io")
-        operator = start_operator(kubeconfig, state_dir / "operator.log")
+        operator = start_operator(kubeconfig, args.operator_log or state_dir / "operator.log")
         wait_for_operator(binaries, kubeconfig, operator)
         bench = Bench(
             binaries=binaries,

@@ -472,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         state: ClusterState = up(
             ClusterOptions(state_dir=state_dir, kubeconfig=kubeconfig, nodes=nodes), binaries, say
         )
-        kubectl(binaries, kubeconfig, "apply", "--server-side", "-f", str(ROOT / "manifests" / "crds"))
+        kubectl(
+            binaries, kubeconfig, "apply", "--server-side", "-f", str(ROOT / "manifests" / "base" / "crds")
+        )
         kubectl(binaries, kubeconfig, "wait", "--for=condition=Established", "crd/modelservices.kubemaas.io")
         operator = start_operator(kubeconfig, args.operator_log or state_dir / "operator.log")
         wait_for_operator(binaries, kubeconfig, operator)

@@ -2,8 +2,8 @@
 
 Steps, each announced as it starts and timed when it ends:
   1. bring up the local control plane (real API server, scheduler, controllers; KWOK nodes);
-  2. install the CRDs and RBAC, and start `kubemaas operator` with the operator's own
-     least-privilege ServiceAccount;
+  2. `helm install` the chart (CRDs, RBAC, operator Deployment) and run `kubemaas operator`
+     with the chart's least-privilege ServiceAccount (KWOK's pods run no containers);
   3. train the example regressor with `kubemaas train`: torchrun, 2 processes, gloo;
   4. apply a ModelService for the export (a PersistentVolume over the export folder) and wait
      until the operator reports it Ready, showing each status change;
@@ -40,6 +40,7 @@ from kubemaas_cluster.kubeconfig import with_token_user, write_kubeconfig
 from kubemaas_cluster.paths import default_state_dir, source_root
 
 MODEL_NAME = "regressor"
+NAMESPACE = "kubemaas-system"
 
 
 class Step:
@@ -151,31 +152,37 @@ def query(port: int, models: Path) -> None:
 
 
 def install_operator(binaries: dict[str, Path], kubeconfig: Path, work: Path) -> subprocess.Popen[bytes]:
-    root = source_root()
-    kubectl(binaries, kubeconfig, "apply", "--server-side", "-f", str(root / "manifests" / "crds"))
-    kubectl(
-        binaries,
-        kubeconfig,
-        "wait",
-        "--for=condition=Established",
-        "crd/modelservices.kubemaas.io",
-        "--timeout=60s",
+    """`helm install` the chart, then run the operator it describes as a local process.
+
+    KWOK simulates the chart's operator pod (it runs no containers), so the demo runs the same
+    `kubemaas operator` here, with only the chart's ServiceAccount token and its settings; it
+    elects itself leader on the chart's Lease like a replica in the cluster would.
+    """
+    chart = source_root() / "charts" / "kubemaas"
+    result = subprocess.run(
+        [
+            str(binaries["helm"]),
+            "upgrade",
+            "--install",
+            "kubemaas",
+            str(chart),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    kubectl(binaries, kubeconfig, "create", "namespace", "kubemaas-system", stdin=None, check=False)
-    kubectl(binaries, kubeconfig, "apply", "-f", str(root / "manifests" / "rbac"))
-    kubectl(
-        binaries,
-        kubeconfig,
-        "wait",
-        "--for=create",
-        "sa/kubemaas-operator",
-        "-n",
-        "kubemaas-system",
-        "--timeout=30s",
-    )
-    token = kubectl(
-        binaries, kubeconfig, "create", "token", "kubemaas-operator", "-n", "kubemaas-system"
-    ).strip()
+    if result.returncode != 0:
+        raise SystemExit(f"helm install failed: {result.stderr.strip()}")
+    _say(f"helm release kubemaas installed in {NAMESPACE} (CRDs, RBAC, operator Deployment)")
+    token = kubectl(binaries, kubeconfig, "create", "token", "kubemaas-operator", "-n", NAMESPACE).strip()
     operator_config = work / "operator.kubeconfig"
     write_kubeconfig(
         operator_config, with_token_user(kubeconfig.read_text(), user="kubemaas-operator", token=token)
@@ -183,10 +190,15 @@ def install_operator(binaries: dict[str, Path], kubeconfig: Path, work: Path) ->
     log = (work / "operator.log").open("ab")
     _say(f"operator log: {work / 'operator.log'}")
     return subprocess.Popen(
-        [*_kubemaas(), "operator", "--standalone"],
+        [*_kubemaas(), "operator"],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "KUBECONFIG": str(operator_config)},
+        env={
+            **os.environ,
+            "KUBECONFIG": str(operator_config),
+            "POD_NAMESPACE": NAMESPACE,
+            "KUBEMAAS_LEASE_NAME": "kubemaas-operator",
+        },
     )
 
 
@@ -258,7 +270,8 @@ def show(binaries: dict[str, Path], kubeconfig: Path) -> None:
     kubectl = [str(binaries["kubectl"]), "--kubeconfig", str(kubeconfig)]
     for what in (
         ["get", "nodes", "-L", "nvidia.com/gpu.product"],
-        ["get", "ms,deploy,svc,pdb", "-n", "default"],
+        ["get", "ms,tj,deploy,svc,pdb", "-n", "default"],
+        ["get", "deploy,lease", "-n", NAMESPACE],
         ["get", "pods", "-n", "default", "-o", "wide"],
     ):
         print(
@@ -283,7 +296,7 @@ def main(argv: list[str]) -> int:
             binaries = ensure_binaries(_say)
             up(ClusterOptions(state_dir=state_dir, kubeconfig=kubeconfig), binaries, _say)
             cluster_started = True
-        with step("install the CRDs and RBAC; start `kubemaas operator` under its own ServiceAccount"):
+        with step("helm install the chart; run `kubemaas operator` under the chart's ServiceAccount"):
             operator = install_operator(binaries, kubeconfig, work)
         with step("train the example regressor: `kubemaas train` -> torchrun, 2 processes, gloo"):
             models = train(work)

@@ -28,6 +28,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--default-image", help="server image when a ModelService names none (env KUBEMAAS_DEFAULT_IMAGE)"
     )
+    p.add_argument(
+        "--default-trainer-image",
+        help="trainer image when a TrainingJob names none (env KUBEMAAS_DEFAULT_TRAINER_IMAGE)",
+    )
     p.add_argument("--gpu-resource", help="GPU extended resource name (env KUBEMAAS_GPU_RESOURCE)")
     p.add_argument(
         "--dev-allow-file-uris", action="store_true", help="allow file:// model URIs (dev clusters only)"
@@ -62,6 +66,7 @@ def resolve_settings(args: argparse.Namespace, env: dict[str, str]) -> OperatorS
     base = settings_from_env(env)
     return OperatorSettings(
         default_image=args.default_image or base.default_image,
+        default_trainer_image=args.default_trainer_image or base.default_trainer_image,
         gpu_resource=args.gpu_resource or base.gpu_resource,
         namespaces=tuple(args.namespace) or base.namespaces,
         allow_file_uris=args.dev_allow_file_uris or base.allow_file_uris,

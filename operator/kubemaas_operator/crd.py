@@ -1,7 +1,7 @@
 """The ModelService CRD: the one source of truth for its schema, defaults and validation.
 
 Validation lives in the API server (OpenAPI schema + CEL rules), so `kubectl apply` of a bad
-object fails with a readable message and no admission webhook is needed. `manifests/crds/` and
+object fails with a readable message and no admission webhook is needed. `manifests/base/crds/` and
 the Helm chart carry the YAML this module renders (`python -m kubemaas_operator.crd` rewrites
 it; a test fails when it is stale).
 """
@@ -383,10 +383,22 @@ def write_all(directory: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Rewrite every generated copy: manifests/base/crds, the chart's crds/ and the API reference."""
+    from kubemaas_operator.api_docs import render_reference
+
     args = sys.argv[1:] if argv is None else argv
-    target = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "manifests" / "crds"
-    for path in write_all(target):
-        print(path)
+    root = Path(__file__).resolve().parents[2]
+    targets = [Path(a) for a in args] or [
+        root / "manifests" / "base" / "crds",
+        root / "charts" / "kubemaas" / "crds",
+    ]
+    for target in targets:
+        for path in write_all(target):
+            print(path)
+    if not args:
+        reference = root / "docs" / "api-reference.md"
+        reference.write_text(render_reference())
+        print(reference)
     return 0
 
 

@@ -3,6 +3,7 @@
 | flag | environment | default |
 | --- | --- | --- |
 | `--default-image` | `KUBEMAAS_DEFAULT_IMAGE` | `ghcr.io/kubemaas/server:0.1.0` |
+| `--default-trainer-image` | `KUBEMAAS_DEFAULT_TRAINER_IMAGE` | `ghcr.io/kubemaas/trainer:0.1.0` |
 | `--gpu-resource` | `KUBEMAAS_GPU_RESOURCE` | `nvidia.com/gpu` |
 | `--namespace NS` (repeatable) | `KUBEMAAS_NAMESPACES` (comma-separated) | all namespaces |
 | `--dev-allow-file-uris` | `KUBEMAAS_DEV_ALLOW_FILE_URIS=1` | off |
@@ -20,11 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_IMAGE = "ghcr.io/kubemaas/server:0.1.0"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubemaas/trainer:0.1.0"
 
 
 @dataclass(frozen=True)
 class OperatorSettings:
     default_image: str = DEFAULT_IMAGE
+    # TrainingJobs that name no image; the trainer image carries torchrun and examples/.
+    default_trainer_image: str = DEFAULT_TRAINER_IMAGE
     gpu_resource: str = "nvidia.com/gpu"
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     allow_file_uris: bool = False
@@ -43,6 +47,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     namespaces = tuple(ns.strip() for ns in env.get("KUBEMAAS_NAMESPACES", "").split(",") if ns.strip())
     return OperatorSettings(
         default_image=env.get("KUBEMAAS_DEFAULT_IMAGE") or DEFAULT_IMAGE,
+        default_trainer_image=env.get("KUBEMAAS_DEFAULT_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
         gpu_resource=env.get("KUBEMAAS_GPU_RESOURCE") or "nvidia.com/gpu",
         namespaces=namespaces,
         allow_file_uris=truthy(env.get("KUBEMAAS_DEV_ALLOW_FILE_URIS")),

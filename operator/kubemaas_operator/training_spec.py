@@ -76,7 +76,7 @@ def parse_training_job(body: Mapping[str, Any], settings: OperatorSettings) -> T
         namespace=meta["namespace"],
         uid=meta.get("uid", ""),
         generation=int(meta.get("generation", 0)),
-        image=spec.get("image") or settings.default_image,
+        image=spec.get("image") or settings.default_trainer_image,
         command=command,
         workers=int(spec.get("workers", 1)),
         # One process per GPU is what torchrun with nccl wants; CPU jobs run one by default.

@@ -87,10 +87,10 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def operator_installed(cluster: LocalCluster) -> LocalCluster:
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crds"))
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "base" / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.kubemaas.io", "--timeout=60s")
     cluster.kubectl("create", "namespace", "kubemaas-system", check=False)
-    cluster.kubectl("apply", "-f", str(ROOT / "manifests" / "rbac"))
+    cluster.kubectl("apply", "-f", str(ROOT / "manifests" / "base" / "rbac"))
     cluster.kubectl(
         "wait", "--for=create", "serviceaccount/kubemaas-operator", "-n", "kubemaas-system", "--timeout=30s"
     )

@@ -11,7 +11,7 @@ from kubemaas_operator.spec import SpecError
 from kubemaas_operator.training_builders import build_job, build_worker_service, fits, pod_requests
 from kubemaas_operator.training_spec import TrainingJobSpec, parse_training_job
 
-SETTINGS = OperatorSettings(default_image="kubemaas:test")
+SETTINGS = OperatorSettings(default_image="server:test", default_trainer_image="kubemaas:test")
 
 
 def job_spec(**spec: Any) -> TrainingJobSpec:

@@ -193,6 +193,103 @@ MODEL_SERVICE_STATUS: Schema = _obj(
 )
 
 
+# Descriptions for fields whose builders above carry none; `kubectl explain` and
+# docs/api-reference.md show them. Keyed by dotted path from the root of the object.
+CONDITION_DOCS = {
+    "conditions": "Standard conditions; `kubectl wait --for=condition=TYPE` works on them.",
+    "conditions[].type": "Condition type.",
+    "conditions[].status": "True, False or Unknown.",
+    "conditions[].reason": "One CamelCase word a program can match on.",
+    "conditions[].message": "Why, for a person: the scheduler's message, the crash, the missing model.",
+    "conditions[].lastTransitionTime": "When status last changed.",
+    "conditions[].observedGeneration": "The metadata.generation this condition was computed for.",
+}
+
+SCHEDULING_DOCS = {
+    "scheduling.nodeSelector": "Node labels the pods require, added to the GPU product selector.",
+    "scheduling.tolerations": "Tolerations added to the GPU taint's (corev1 Toleration objects).",
+    "scheduling.affinity": "corev1 Affinity, passed through.",
+    "scheduling.priorityClassName": "PriorityClass of the pods.",
+}
+
+MODEL_SERVICE_DOCS = {
+    "spec": "What to serve and how; the operator turns it into a Deployment, a Service and a PodDisruptionBudget.",
+    "spec.model": "Where the model repository folder is and what clients call it.",
+    "spec.minReplicas": "Fewest server pods; 0 allows scaling to zero.",
+    "spec.maxReplicas": "Most server pods the autoscaler may ask for.",
+    "spec.autoscaling": "How replicas follow load between minReplicas and maxReplicas.",
+    "spec.autoscaling.metric": "concurrency: in-flight requests per replica from the servers' metrics; cpu: an autoscaling/v2 HorizontalPodAutoscaler.",
+    "spec.autoscaling.scaleDownDelaySeconds": "Load must stay low this long before replicas are removed.",
+    "spec.gpu": "GPUs per pod: a resource limit, the GPU taint's toleration and a product node selector.",
+    "spec.resources": "corev1 ResourceRequirements of the server container, passed through.",
+    "spec.batching": "Dynamic batching of concurrent requests into one forward pass.",
+    "spec.batching.maxBatchSize": "Most rows in one forward pass; 0 turns batching off.",
+    "spec.batching.maxQueueDelayMs": "Longest a request waits for others to batch with; never added when the model is idle.",
+    "spec.rollout": "How a spec change reaches the pods.",
+    "spec.rollout.progressDeadlineSeconds": "A revision not Ready after this long is rolled back to the stable one.",
+    **{f"spec.{k}": v for k, v in SCHEDULING_DOCS.items()},
+    "status": "Written by the operator only.",
+    "status.observedGeneration": "The metadata.generation the status describes.",
+    "status.phase": "Summary of the conditions, for `kubectl get`.",
+    "status.replicas": "Server pods that exist.",
+    "status.readyReplicas": "Server pods that pass their gRPC readiness check.",
+    "status.desiredReplicas": "Replicas the operator asks for.",
+    "status.endpoint": "host:port of the gRPC Service inside the cluster.",
+    "status.modelPath": "Where the servers find the model inside their pods.",
+    "status.revision": "Hash of the pod template the spec produces.",
+    "status.rollout.replaceRevision": "The revision being rolled out by replacing pods.",
+    "status.rollout.reason": "Why pods are replaced: ReplacingForLackOfGPUs.",
+    "status.rollout.message": "The detail, for a person.",
+    "status.stable.revision": "The revision that was last Ready.",
+    "status.progressing.revision": "The revision being rolled out.",
+    "status.progressing.since": "When that rollout began (its deadline counts from here).",
+    "status.canary.revision": "The canary's revision.",
+    "status.canary.percent": "Its share of the replicas.",
+    "status.canary.replicas": "Its pods.",
+    "status.rolledBack.revision": "The revision taken away.",
+    "status.rolledBack.to": "The revision restored.",
+    "status.rolledBack.reason": "The pod problem (CrashLoopBackOff, ...), ProgressDeadlineExceeded or CanaryRolledBack.",
+    "status.rolledBack.message": "The detail, for a person.",
+    **{f"status.{k}": v for k, v in CONDITION_DOCS.items()},
+}
+
+TRAINING_JOB_DOCS = {
+    "spec": "The training program and its group; the operator runs it as an Indexed Job under torchrun.",
+    "spec.gpu": "GPUs per worker pod: a resource limit, the GPU taint's toleration and a product node selector.",
+    "spec.resources": "corev1 ResourceRequirements of each worker container, passed through.",
+    "spec.output": "Where rank 0 exports the model; a ModelService can then serve trainingjob://NAME.",
+    **{f"spec.{k}": v for k, v in SCHEDULING_DOCS.items()},
+    "status": "Written by the operator only.",
+    "status.observedGeneration": "The metadata.generation the status describes.",
+    "status.phase": "Summary of the conditions, for `kubectl get`.",
+    "status.restarts": "Whole-group restarts so far.",
+    "status.workers": "Worker pods of the current attempt.",
+    "status.workers.active": "Running or pending.",
+    "status.workers.succeeded": "Finished with exit 0.",
+    "status.workers.failed": "Failed.",
+    "status.startTime": "When the first attempt was admitted.",
+    "status.completionTime": "When the job succeeded or failed for good.",
+    "status.message": "Why the job is where it is, for a person.",
+    "status.output": "What the job produced.",
+    "status.output.uri": "The exported model folder, as a ModelService model.uri (pvc://CLAIM/PATH).",
+    **{f"status.{k}": v for k, v in CONDITION_DOCS.items()},
+}
+
+
+def _described(schema: Schema, docs: dict[str, str], path: str) -> Schema:
+    """A copy of `schema` with `docs` filled in where a field has no description of its own."""
+    out = dict(schema)
+    if path in docs and "description" not in out:
+        out["description"] = docs[path]
+    if "properties" in out:
+        out["properties"] = {
+            key: _described(child, docs, f"{path}.{key}") for key, child in out["properties"].items()
+        }
+    if isinstance(out.get("items"), dict):
+        out["items"] = _described(out["items"], docs, f"{path}[]")
+    return out
+
+
 def model_service_crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -230,10 +327,11 @@ def model_service_crd() -> dict[str, Any]:
                                 "apiVersion": _str(),
                                 "kind": _str(),
                                 "metadata": {"type": "object"},
-                                "spec": MODEL_SERVICE_SPEC,
-                                "status": MODEL_SERVICE_STATUS,
+                                "spec": _described(MODEL_SERVICE_SPEC, MODEL_SERVICE_DOCS, "spec"),
+                                "status": _described(MODEL_SERVICE_STATUS, MODEL_SERVICE_DOCS, "status"),
                             },
                             required=["spec"],
+                            description="A model served over gRPC (Open Inference Protocol) by autoscaled server pods.",
                         )
                     },
                 }
@@ -352,10 +450,11 @@ def training_job_crd() -> dict[str, Any]:
                                 "apiVersion": _str(),
                                 "kind": _str(),
                                 "metadata": {"type": "object"},
-                                "spec": TRAINING_JOB_SPEC,
-                                "status": TRAINING_JOB_STATUS,
+                                "spec": _described(TRAINING_JOB_SPEC, TRAINING_JOB_DOCS, "spec"),
+                                "status": _described(TRAINING_JOB_STATUS, TRAINING_JOB_DOCS, "status"),
                             },
                             required=["spec"],
+                            description="Distributed PyTorch training run as a gang-placed group of torchrun workers.",
                         )
                     },
                 }

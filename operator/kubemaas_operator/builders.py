@@ -250,6 +250,31 @@ def build_pdb(spec: ModelServiceSpec) -> Manifest:
     }
 
 
+def build_network_policy(spec: ModelServiceSpec) -> Manifest:
+    """Only the gRPC and metrics ports of the server pods are reachable; nothing else is open.
+
+    Named ports follow the container's ports, so a policy never lags a port change. Egress is
+    left alone: a server dials nothing, but a cluster's DNS or storage may need to reach it.
+    """
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "ports": [
+                        {"port": "grpc", "protocol": "TCP"},
+                        {"port": "metrics", "protocol": "TCP"},
+                    ]
+                }
+            ],
+        },
+    }
+
+
 def endpoint(spec: ModelServiceSpec) -> str:
     return f"{spec.name}.{spec.namespace}.svc:{GRPC_PORT}"
 
@@ -258,7 +283,11 @@ def build_children(
     spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None, *, replace: bool = False
 ) -> list[Manifest]:
     """Every child the ModelService should have now; a PDB only when more than one replica runs."""
-    children = [build_deployment(spec, replicas, resolved_path, replace=replace), build_service(spec)]
+    children = [
+        build_deployment(spec, replicas, resolved_path, replace=replace),
+        build_service(spec),
+        build_network_policy(spec),
+    ]
     if replicas > 1:
         children.append(build_pdb(spec))
     return children

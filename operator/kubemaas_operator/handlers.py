@@ -96,6 +96,11 @@ async def pdb_listed(body: kopf.Body, **_: Any) -> None:
     reconciler().cache.update("PodDisruptionBudget", None, trimmed(body))
 
 
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
+async def network_policy_listed(body: kopf.Body, **_: Any) -> None:
+    reconciler().cache.update("NetworkPolicy", None, trimmed(body))
+
+
 @kopf.index("v1", "pods", labels=CHILD_LABELS)
 async def pod_listed(body: kopf.Body, **_: Any) -> None:
     reconciler().cache.update("Pod", None, trimmed(body))
@@ -114,6 +119,11 @@ async def service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
 async def pdb_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     reconciler().on_child("PodDisruptionBudget", type, trimmed(body))
+
+
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
+async def network_policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    reconciler().on_child("NetworkPolicy", type, trimmed(body))
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)

@@ -64,6 +64,7 @@ class ChildCache:
     deployments: dict[Key, dict[str, Body]] = field(default_factory=dict)
     services: dict[Key, dict[str, Body]] = field(default_factory=dict)
     pdbs: dict[Key, dict[str, Body]] = field(default_factory=dict)
+    network_policies: dict[Key, dict[str, Body]] = field(default_factory=dict)
     pods: dict[Key, dict[str, Body]] = field(default_factory=dict)
 
     def table(self, kind: str) -> dict[Key, dict[str, Body]]:
@@ -71,6 +72,7 @@ class ChildCache:
             "Deployment": self.deployments,
             "Service": self.services,
             "PodDisruptionBudget": self.pdbs,
+            "NetworkPolicy": self.network_policies,
             "Pod": self.pods,
         }[kind]
 

@@ -53,6 +53,10 @@ compares them). A ClusterRole for every namespace, or a Role per watched namespa
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# Each model server admits traffic on its gRPC and metrics ports only.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch]
 # TrainingJob attempts: one Indexed Job each, deleted when the group restarts.
 - apiGroups: [batch]
   resources: [jobs]

@@ -135,12 +135,22 @@ def test_children_deleted_or_edited_by_hand_are_restored_and_deleting_the_servic
         what="Service restored",
     )
 
+    policy = get(cluster, "networkpolicy", "drift", "-n", namespace)["spec"]
+    assert [p["port"] for p in policy["ingress"][0]["ports"]] == ["grpc", "metrics"]
+    cluster.kubectl("delete", "networkpolicy", "drift", "-n", namespace)
+    eventually(
+        lambda: (
+            cluster.kubectl("get", "networkpolicy", "drift", "-n", namespace, check=False).returncode == 0
+        ),
+        what="NetworkPolicy restored",
+    )
+
     cluster.kubectl("delete", "ms", "drift", "-n", namespace)
 
     def collected(kind: str) -> bool:
         return not get(cluster, kind, "-n", namespace, "-l", "kubemaas.io/model-service=drift")["items"]
 
-    for kind in ("deployment", "service", "pdb"):
+    for kind in ("deployment", "service", "pdb", "networkpolicy"):
         eventually(functools.partial(collected, kind), what=f"{kind} garbage-collected")
 
 

@@ -133,12 +133,25 @@ def test_every_child_is_labelled_and_owned_by_the_model_service() -> None:
 
 def test_a_pdb_exists_only_with_more_than_one_replica() -> None:
     spec = parse_model_service(body(), SETTINGS)
-    assert [c["kind"] for c in build_children(spec, replicas=1)] == ["Deployment", "Service"]
+    assert [c["kind"] for c in build_children(spec, replicas=1)] == ["Deployment", "Service", "NetworkPolicy"]
     assert [c["kind"] for c in build_children(spec, replicas=2)] == [
         "Deployment",
         "Service",
+        "NetworkPolicy",
         "PodDisruptionBudget",
     ]
+
+
+def test_the_network_policy_admits_only_the_ports_the_server_listens_on() -> None:
+    spec = parse_model_service(body(), SETTINGS)
+    children = {c["kind"]: c for c in build_children(spec, replicas=1)}
+    policy = children["NetworkPolicy"]["spec"]
+    container = children["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert policy["podSelector"]["matchLabels"] == children["Service"]["spec"]["selector"]
+    assert policy["policyTypes"] == ["Ingress"]
+    allowed = [p["port"] for rule in policy["ingress"] for p in rule["ports"]]
+    assert sorted(allowed) == sorted(p["name"] for p in container["ports"]) == ["grpc", "metrics"]
+    assert all("from" not in rule for rule in policy["ingress"])
 
 
 def test_rollouts_surge_with_zero_unavailable() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -273,7 +274,16 @@ class Reconciler:
             if canary is not None:
                 children.append(canary)
             if force or self._drifted(key, spec, children, (replace, revision)):
-                await self._apply(key, spec, children, (replace, revision))
+                try:
+                    await self._apply(key, spec, children, (replace, revision))
+                except ChildRejected as err:
+                    # Retrying cannot help: the spec must change. Say so where the user looks.
+                    log.warning(
+                        "child refused", extra=kv(namespace=key[0], name=key[1], error=str(err)[:300])
+                    )
+                    failed = _invalid_spec(str(err), reason="ChildRejected")
+                    await self._write_status(body, failed, desired=desired, revision=revision)
+                    return
         observed = ObservedState(
             generation=spec.generation,
             desired_replicas=desired,
@@ -336,7 +346,12 @@ class Reconciler:
     ) -> None:
         markers: dict[tuple[str, str], str] = {}
         for child in children:
-            result = await asyncio.to_thread(self.client.apply, child)
+            try:
+                result = await asyncio.to_thread(self.client.apply, child)
+            except KubeApiError as err:
+                if err.status in (400, 422):
+                    raise ChildRejected(child["kind"], child["metadata"]["name"], err) from err
+                raise
             markers[(child["kind"], child["metadata"]["name"])] = version_marker(result)
         if not any(c["kind"] == "PodDisruptionBudget" for c in children) and self.cache.pdbs.get(key):
             pdb = build_pdb(spec)
@@ -406,13 +421,24 @@ def desired_replicas(spec: ModelServiceSpec, status: Mapping[str, Any]) -> int:
     return max(spec.min_replicas, min(spec.max_replicas, wanted))
 
 
-def _invalid_spec(message: str) -> ComputedStatus:
+def _invalid_spec(message: str, reason: str = "InvalidSpec") -> ComputedStatus:
     return ComputedStatus(
         phase=Phase.FAILED,
         replicas=0,
         ready_replicas=0,
-        conditions=(Condition(ConditionType.READY, False, "InvalidSpec", message),),
+        conditions=(Condition(ConditionType.READY, False, reason, message),),
     )
+
+
+class ChildRejected(Exception):
+    """The API server refused a child as invalid: a spec the CRD schema could not catch."""
+
+    def __init__(self, kind: str, name: str, err: KubeApiError) -> None:
+        try:
+            detail = str(json.loads(err.message).get("message") or err.message)
+        except (ValueError, AttributeError):
+            detail = err.message
+        super().__init__(f"the API server refused {kind} {name}: {detail}")
 
 
 def trimmed(body: Body) -> dict[str, Any]:

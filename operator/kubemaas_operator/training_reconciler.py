@@ -24,7 +24,7 @@ from typing import Any
 from kubemaas.logs import kv
 from kubemaas_operator.clients import KubeApiError, KubeClient
 from kubemaas_operator.crd import API_VERSION
-from kubemaas_operator.reconciler import Reconciler, trimmed
+from kubemaas_operator.reconciler import ChildRejected, Reconciler, trimmed
 from kubemaas_operator.settings import OperatorSettings
 from kubemaas_operator.spec import SpecError
 from kubemaas_operator.status import same_status
@@ -183,18 +183,36 @@ class TrainingReconciler:
         try:
             spec = parse_training_job(body, self.settings)
         except (SpecError, KeyError, ValueError) as err:
-            invalid = TrainingComputed(
-                TrainingPhase.FAILED,
-                (TrainingCondition(TrainingConditionType.FAILED, True, "InvalidSpec", str(err)),),
-            )
-            state = AttemptState(0, 0, 0, None, ())
-            await self._write_status(body, invalid, state, generation=generation, job="", output_uri=None)
+            await self._fail(body, generation, "InvalidSpec", str(err))
             return
+        try:
+            await self._reconcile(key, body, spec, previous, generation, force=force)
+        except ChildRejected as err:
+            # Retrying cannot help (the spec must change); the status says why.
+            await self._fail(body, generation, "ChildRejected", str(err))
+
+    async def _fail(self, body: Body, generation: int, reason: str, message: str) -> None:
+        invalid = TrainingComputed(
+            TrainingPhase.FAILED, (TrainingCondition(TrainingConditionType.FAILED, True, reason, message),)
+        )
+        state = AttemptState(0, 0, 0, None, ())
+        await self._write_status(body, invalid, state, generation=generation, job="", output_uri=None)
+
+    async def _reconcile(
+        self,
+        key: Key,
+        body: Body,
+        spec: TrainingJobSpec,
+        previous: Mapping[str, Any],
+        generation: int,
+        *,
+        force: bool,
+    ) -> None:
         restarts = max(int(previous.get("restarts") or 0), self._restarts.get(key, 0))
         current = job_name(spec, restarts)
 
         if force or key not in self._services:
-            await asyncio.to_thread(self.client.apply, build_worker_service(spec))
+            await self._apply_child(build_worker_service(spec))
             self._services.add(key)
         await self._delete_other_attempts(key, spec, current)
 
@@ -281,8 +299,16 @@ class TrainingReconciler:
         return fits(spec.workers, pod_spec, (nodes or {}).get("items", []), (pods or {}).get("items", []))
 
     async def _apply_job(self, key: Key, manifest: dict[str, Any]) -> None:
-        result = await asyncio.to_thread(self.client.apply, manifest)
+        result = await self._apply_child(manifest)
         self.cache.update("Job", "MODIFIED", trimmed_job(result))
+
+    async def _apply_child(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await asyncio.to_thread(self.client.apply, manifest)
+        except KubeApiError as err:
+            if err.status in (400, 422):
+                raise ChildRejected(manifest["kind"], manifest["metadata"]["name"], err) from err
+            raise
 
     async def _write_status(
         self,

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help venv lint test test-unit test-integration demo tools cluster-up cluster-down \
-        bench-server bench-operator bench-autoscaling protos kind-up images images-cuda kind-load clean
+        bench-server bench-overload bench-operator bench-autoscaling protos kind-up images images-cuda kind-load clean
 
 help:
 	@echo "make test   - lint, then the whole test suite (starts its own local control plane)"
@@ -63,6 +63,11 @@ protos: $(STAMP)
 # gets its own venv under the user's cache dir on the first run. BENCH_SERVER_ARGS="--duration 5".
 bench-server: $(STAMP)
 	$(BIN)/python benchmarks/bench_server.py $(BENCH_SERVER_ARGS)
+
+# Open-loop load from 0.5x to 4x of a fixed-cost model's capacity: admitted rate, shed share and
+# admitted latency; writes the "Past saturation" section of docs/benchmarks-server.md.
+bench-overload: $(STAMP)
+	$(BIN)/python benchmarks/bench_overload.py $(BENCH_OVERLOAD_ARGS)
 
 bench-autoscaling: $(STAMP)
 	$(BIN)/python benchmarks/bench_autoscaling.py

@@ -25,6 +25,25 @@ When to start a batch is the whole policy:
   shape and the queued requests with the same shape; others wait for a later batch.
 * If a batched forward pass raises, every request of that batch is run again alone, so one bad
   request fails by itself and the others still get their answers.
+
+Past saturation the queue sheds instead of growing, so the requests it does admit keep a
+bounded wait:
+
+* Admission: a request that finds `max_queue_size` requests waiting (the batch being computed
+  does not count) is refused at once with `ErrorKind.QUEUE_FULL`. The error carries
+  `retry_after_s`: the time the queue needs to drain what it holds, at the drain rate of the
+  recent passes (a smoothed average of seconds per request served, finish to finish, so the
+  event loop's own overhead is in it).
+* Queue timeout: with `queue_timeout_ms` > 0, a request that waited longer than that when the
+  worker reaches it is answered `ErrorKind.QUEUE_TIMEOUT` and never run. Expiry is checked when
+  a batch is taken (and when a full queue is asked to admit one more), not by a timer per
+  request: the hot path stays free of timers, and a caller learns of its timeout at most one
+  forward pass late.
+* Requests whose caller went away (a cancelled RPC, a client deadline) are dropped the same
+  way instead of being computed for nobody, which is where an overloaded server would
+  otherwise spend its time.
+
+The batcher only decides; the servicer turns the errors into gRPC statuses and metadata.
 """
 
 from __future__ import annotations
@@ -33,6 +52,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +63,7 @@ import numpy as np
 from kubemaas.logs import kv
 from kubemaas_server.errors import ErrorKind, InferenceError
 from kubemaas_server.metrics import ModelMetrics
+from kubemaas_server.model_config import default_max_queue_size
 from kubemaas_server.tensor_codec import Array
 
 log = logging.getLogger(__name__)
@@ -52,6 +73,14 @@ RunFn = Callable[[Sequence[Array], int], list[Array]]
 
 # A free model holds for a fuller batch at most this fraction of its previous forward pass.
 HOLD_FRACTION = 0.5
+# Weight of the newest pass in the smoothed drain rate: a few passes of history, so one slow
+# pass (a GC pause, a noisy neighbour) moves the retry hint without dictating it.
+DRAIN_SMOOTHING = 0.2
+# The smallest retry hint: "at once" would invite a retry storm against a full queue.
+MIN_RETRY_AFTER_S = 0.001
+# Shedding is logged once when it starts and once when it has stopped for this long, so an
+# overload episode costs two log lines however many requests it sheds.
+SHED_QUIET_S = 5.0
 
 
 @dataclass(slots=True)
@@ -72,6 +101,8 @@ class BatchQueue:
         max_batch_size: int,
         max_queue_delay_ms: float,
         preferred_batch_sizes: Sequence[int] = (),
+        max_queue_size: int | None = None,
+        queue_timeout_ms: float = 0.0,
         metrics: ModelMetrics,
     ) -> None:
         self.name = name
@@ -79,6 +110,13 @@ class BatchQueue:
         self._max_rows = max(1, max_batch_size)
         self._batched = max_batch_size > 0
         self._max_delay = max_queue_delay_ms / 1000.0
+        self.max_queue_size = (
+            default_max_queue_size(max_batch_size) if max_queue_size is None else max_queue_size
+        )
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        self._timeout_ms = queue_timeout_ms
+        self._timeout = queue_timeout_ms / 1000.0
         self._preferred = sorted(size for size in preferred_batch_sizes if size <= self._max_rows)
         self._metrics = metrics
         self._queue: collections.deque[PendingRequest] = collections.deque()
@@ -93,6 +131,11 @@ class BatchQueue:
         self._busy = False
         self._closed = False
         self._worker: asyncio.Task[None] | None = None
+        self._seconds_per_request = 0.0  # smoothed drain rate; 0 until a pass has finished
+        self._pass_started = 0.0
+        self._drained = 0  # requests dropped (timed out, abandoned) since the last pass finished
+        self._shed = 0  # requests shed in the current overload episode
+        self._last_shed = 0.0
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
@@ -101,7 +144,15 @@ class BatchQueue:
         """Queues one request and returns its outputs (numpy arrays, this caller's rows only)."""
         if self._closed:
             raise InferenceError(ErrorKind.UNAVAILABLE, f"model {self.name!r} is shutting down")
-        request = PendingRequest(inputs, rows, key, asyncio.get_running_loop().create_future())
+        now = time.perf_counter()
+        if len(self._queue) >= self.max_queue_size:
+            self._drop_stale_head(now)  # timed-out or abandoned requests must not hold the places
+            if len(self._queue) >= self.max_queue_size:
+                raise self._refuse(now)
+        elif self._shed and now - self._last_shed > SHED_QUIET_S:
+            log.info("stopped shedding", extra=kv(model=self.name, shed=self._shed))
+            self._shed = 0
+        request = PendingRequest(inputs, rows, key, asyncio.get_running_loop().create_future(), now)
         self._queue.append(request)
         self._rows_by_key[key] += max(rows, 1)
         # Wake the worker only when it can act: it is idle, or the fill it waits for is complete.
@@ -110,6 +161,42 @@ class BatchQueue:
         ):
             self._arrival.set()
         return await request.future
+
+    def retry_after_s(self) -> float:
+        """How long until the requests queued now have been served, at the recent drain rate."""
+        backlog = len(self._queue)
+        if self._seconds_per_request > 0.0:
+            estimate = backlog * self._seconds_per_request
+        elif self._busy:  # no pass has finished yet: the running one is the only evidence
+            passes = -(-backlog // self._max_rows)
+            estimate = passes * (time.perf_counter() - self._pass_started)
+        else:
+            estimate = 0.0
+        return max(MIN_RETRY_AFTER_S, estimate)
+
+    def _refuse(self, now: float) -> InferenceError:
+        retry = self.retry_after_s()
+        self._note_shed(now, ErrorKind.QUEUE_FULL, retry)
+        return InferenceError(
+            ErrorKind.QUEUE_FULL,
+            f"model {self.name!r} is overloaded: its queue already holds max_queue_size="
+            f"{self.max_queue_size} requests; retry in about {_milliseconds(retry)} ms",
+            retry_after_s=retry,
+        )
+
+    def _note_shed(self, now: float, kind: ErrorKind, retry: float) -> None:
+        if not self._shed:
+            log.warning(
+                "shedding requests",
+                extra=kv(
+                    model=self.name,
+                    reason=kind.value,
+                    max_queue_size=self.max_queue_size,
+                    retry_after_ms=_milliseconds(retry),
+                ),
+            )
+        self._shed += 1
+        self._last_shed = now
 
     async def close(self) -> None:
         """Refuses new requests, lets the queued ones finish, then stops the worker and thread."""
@@ -131,6 +218,8 @@ class BatchQueue:
                 continue
             await self._wait_for_fill()
             batch = self._take_batch()
+            if not batch:  # everything queued was stale
+                continue
             try:
                 results = await self._run_batch(batch)
             except Exception as error:  # a bug here must fail this batch, never stall the queue
@@ -148,9 +237,11 @@ class BatchQueue:
     async def _run_batch(self, batch: list[PendingRequest]) -> list[list[Array] | BaseException]:
         rows = sum(request.rows for request in batch) if self._batched else 0
         self._busy = True
-        started = time.perf_counter()
+        started = self._pass_started = time.perf_counter()
+        first_enqueued = started
         for request in batch:
             self._metrics.queue_duration.observe(started - request.enqueued)
+            first_enqueued = min(first_enqueued, request.enqueued)
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._compute, batch, rows
@@ -158,12 +249,26 @@ class BatchQueue:
         finally:
             self._busy = False
             finished = time.perf_counter()
+            self._note_drain(len(batch), finished - max(self._last_finish, first_enqueued))
             self._last_compute = finished - started
             self._last_finish = finished
             self._expected_rows = max(1, rows) + sum(self._rows_by_key.values())
         self._metrics.compute_duration.observe(self._last_compute)
         self._metrics.batch_size.observe(max(rows, 1))
         return results
+
+    def _note_drain(self, served: int, seconds: float) -> None:
+        """Updates the drain rate with one pass: the requests it served (and those dropped since
+        the previous pass, which left the queue too) over the time since the worker could have
+        started it, which is finish to finish under a backlog and from the first arrival after
+        an idle spell."""
+        drained = served + self._drained
+        self._drained = 0
+        sample = max(seconds, 0.0) / drained
+        if self._seconds_per_request == 0.0:
+            self._seconds_per_request = sample
+        else:
+            self._seconds_per_request += DRAIN_SMOOTHING * (sample - self._seconds_per_request)
 
     async def _wait_for_fill(self) -> None:
         """Under load, holds (bounded) until the rows expected from the last cycle are queued."""
@@ -190,6 +295,12 @@ class BatchQueue:
             self._fill_target, self._fill_key = 0, None
 
     def _take_batch(self) -> list[PendingRequest]:
+        """The oldest live request and the same-shape requests that fit with it; stale requests
+        met on the way are answered (or forgotten) and dropped. Empty when all were stale."""
+        now = time.perf_counter()
+        self._drop_stale_head(now)
+        if not self._queue:
+            return []
         head = self._queue.popleft()
         self._dequeued(head)
         batch = [head]
@@ -205,7 +316,9 @@ class BatchQueue:
         kept: list[PendingRequest] = []
         while self._queue and rows < limit:
             request = self._queue.popleft()
-            if request.key == head.key and rows + request.rows <= limit:
+            if self._stale(request, now):
+                self._drop(request, now)
+            elif request.key == head.key and rows + request.rows <= limit:
                 batch.append(request)
                 rows += request.rows
                 self._dequeued(request)
@@ -215,6 +328,35 @@ class BatchQueue:
                     break  # the next same-shape request does not fit: keep FIFO order from here
         self._queue.extendleft(reversed(kept))
         return batch
+
+    def _stale(self, request: PendingRequest, now: float) -> bool:
+        """The caller went away, or the request waited past the queue timeout."""
+        return request.future.done() or (self._timeout > 0.0 and now - request.enqueued > self._timeout)
+
+    def _drop_stale_head(self, now: float) -> None:
+        # The queue is in arrival order, so timed-out requests are at its head; abandoned ones
+        # elsewhere are dropped when a batch scan meets them.
+        while self._queue and self._stale(self._queue[0], now):
+            self._drop(self._queue.popleft(), now)
+
+    def _drop(self, request: PendingRequest, now: float) -> None:
+        """Takes a stale request (already popped) out of the books; answers it if it timed out."""
+        self._dequeued(request)
+        self._drained += 1
+        if request.future.done():
+            return
+        retry = self.retry_after_s()
+        self._note_shed(now, ErrorKind.QUEUE_TIMEOUT, retry)
+        waited = _milliseconds(now - request.enqueued)
+        request.future.set_exception(
+            InferenceError(
+                ErrorKind.QUEUE_TIMEOUT,
+                f"model {self.name!r} is overloaded: the request waited {waited} ms in its queue, "
+                f"longer than default_queue_timeout_ms={self._timeout_ms:g}, and was not run; "
+                f"retry in about {_milliseconds(retry)} ms",
+                retry_after_s=retry,
+            )
+        )
 
     def _dequeued(self, request: PendingRequest) -> None:
         left = self._rows_by_key[request.key] - max(request.rows, 1)
@@ -259,6 +401,11 @@ class BatchQueue:
             results.append([output[start:end] for output in outputs])
             start = end
         return results
+
+
+def _milliseconds(seconds: float) -> int:
+    """Whole milliseconds, rounded up: a hint of 0 ms would read as "retry at once"."""
+    return max(1, math.ceil(seconds * 1000.0))
 
 
 def _as_request_error(error: Exception) -> InferenceError:

@@ -2,7 +2,11 @@
 
 kubemaas serve --model-repository DIR [--grpc-port 8001] [--metrics-port 8002] [--host 127.0.0.1]
                [--max-message-bytes N] [--device auto|cpu|cuda] [--torch-threads N]
-               [--grace-seconds S]
+               [--grace-seconds S] [--no-warm-up]
+               [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+
+Without the --tls-* flags the gRPC port is plaintext. The TLS files are checked before any
+model loads, so a bad one fails the command at once, naming the file.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 from kubemaas.logs import setup_logging
 from kubemaas_server.model_config import Device
+from kubemaas_server.tls import TlsConfigError, TlsFiles, load_server_tls
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +43,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace-seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may take"
     )
     parser.add_argument("--no-warm-up", action="store_true", help="skip the warm-up forward pass at load")
+    tls = parser.add_argument_group("TLS", "the gRPC port only; the metrics port stays plain HTTP")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate (chain), PEM")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="server private key, PEM, unencrypted")
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="mutual TLS: refuse clients without a certificate signed by this CA",
+    )
     return parser
 
 
+def tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsFiles | None:
+    """The TLS flags as one value; None for plaintext. Half a configuration is a usage error."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together: give both for TLS, or neither for plaintext")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key as well")
+    if args.tls_cert is None:
+        return None
+    return TlsFiles(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    files = tls_files(parser, args)
     if not args.model_repository.is_dir():
         print(f"kubemaas serve: model repository {args.model_repository} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        tls = load_server_tls(files) if files is not None else None
+    except TlsConfigError as error:
+        print(f"kubemaas serve: {error}", file=sys.stderr)
         return 2
     setup_logging("INFO")
     from kubemaas_server.model_server import ServerOptions, serve
@@ -59,6 +91,7 @@ def main(argv: list[str]) -> int:
         torch_threads=args.torch_threads,
         grace_seconds=args.grace_seconds,
         warm_up=not args.no_warm_up,
+        tls=tls,
     )
     try:
         asyncio.run(serve(options))

@@ -41,7 +41,8 @@ class ServerMetrics:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "kubemaas_requests",
-            "ModelInfer requests by model and outcome (success or the gRPC status name, lower case)",
+            "ModelInfer requests by model and outcome (success, the gRPC status name in lower case, "
+            "or queue_full / queue_timeout for requests the model's queue shed)",
             ["model", "outcome"],
             registry=self.registry,
         )

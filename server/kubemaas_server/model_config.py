@@ -8,8 +8,9 @@ trainer's export (`write_model_config`) use, so the repository format has one de
 and `outputs` as lists of `{name, datatype, shape}` with V2 datatypes and -1 for a variable
 dimension. As in Triton, when `max_batch_size > 0` the shapes leave the batch dimension out and
 metadata reports it as -1. Optional: `dynamic_batching: {max_queue_delay_ms,
-preferred_batch_sizes}`, `device: auto|cpu|cuda`, `dtype` (the floating type the model computes
-in; inputs are cast to it and outputs back to their declared datatypes).
+preferred_batch_sizes, max_queue_size, default_queue_timeout_ms}`, `device: auto|cpu|cuda`,
+`dtype` (the floating type the model computes in; inputs are cast to it and outputs back to
+their declared datatypes).
 
 Parsing is strict: an unknown key, a wrong type or a bad datatype raises `ModelConfigError`
 naming the field, because a typo in a serving setting should fail the load, not be ignored.
@@ -28,6 +29,20 @@ import yaml
 MODEL_CONFIG_FILE = "model.yaml"
 MODEL_FILE = "model.pt"
 DEFAULT_MAX_QUEUE_DELAY_MS = 5.0
+# The default bound of a model's queue: this many full batches of single-row requests, and never
+# fewer than DEFAULT_MIN_QUEUE_SIZE requests. A backlog of 16 batches takes 16 forward passes to
+# drain; the closed-loop callers of a replica the autoscaler sized (target: 8 in flight) and the
+# bursts of a load below capacity never build one, so the default never sheds at normal load.
+# A replica that does build one is past saturation, where a longer queue buys nothing but
+# latency for every request behind it. The floor is for unbatched and small-batch models, whose
+# "16 batches" would be a handful of requests: a few dozen concurrent callers are normal load.
+DEFAULT_QUEUE_BATCHES = 16
+DEFAULT_MIN_QUEUE_SIZE = 128
+
+
+def default_max_queue_size(max_batch_size: int) -> int:
+    """The queue bound of a model whose model.yaml sets no `max_queue_size`."""
+    return max(DEFAULT_MIN_QUEUE_SIZE, DEFAULT_QUEUE_BATCHES * max_batch_size)
 
 
 class ModelConfigError(ValueError):
@@ -70,10 +85,17 @@ class TensorSpec:
 
 @dataclass(frozen=True, slots=True)
 class DynamicBatching:
-    """How long a request may wait for others under load; an idle model never waits."""
+    """How long a request may wait for others under load (an idle model never waits), and how
+    much backlog the model's queue accepts before it sheds requests.
+
+    `max_queue_size` counts requests waiting (not the batch being computed); None takes
+    `default_max_queue_size(max_batch_size)`. `default_queue_timeout_ms` > 0 answers a request
+    that waited longer than that UNAVAILABLE instead of running it; 0 never times out."""
 
     max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
     preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int | None = None
+    default_queue_timeout_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +111,12 @@ class ModelConfig:
     @property
     def batched(self) -> bool:
         return self.max_batch_size > 0
+
+    @property
+    def max_queue_size(self) -> int:
+        """The bound the model's queue enforces: model.yaml's, or the default for its batch size."""
+        configured = self.dynamic_batching.max_queue_size
+        return default_max_queue_size(self.max_batch_size) if configured is None else configured
 
     def reported_shape(self, spec: TensorSpec) -> tuple[int, ...]:
         """The shape metadata reports: the batch dimension shows as -1."""
@@ -159,7 +187,11 @@ def _dynamic_batching(raw: Any) -> DynamicBatching:
         return DynamicBatching()
     if not isinstance(raw, Mapping):
         raise ModelConfigError(f"{where}: expected a mapping")
-    _check_keys(raw, {"max_queue_delay_ms", "preferred_batch_sizes"}, where)
+    _check_keys(
+        raw,
+        {"max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size", "default_queue_timeout_ms"},
+        where,
+    )
     delay = raw.get("max_queue_delay_ms", DEFAULT_MAX_QUEUE_DELAY_MS)
     if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
         raise ModelConfigError(f"{where}.max_queue_delay_ms: expected a number >= 0, got {delay!r}")
@@ -169,7 +201,27 @@ def _dynamic_batching(raw: Any) -> DynamicBatching:
     sizes = tuple(_as_int(size, f"{where}.preferred_batch_sizes") for size in preferred)
     if any(size < 1 for size in sizes):
         raise ModelConfigError(f"{where}.preferred_batch_sizes: sizes must be >= 1")
-    return DynamicBatching(float(delay), sizes)
+    queue_size = raw.get("max_queue_size")
+    if queue_size is not None:
+        queue_size = _as_int(queue_size, f"{where}.max_queue_size")
+        if queue_size < 1:
+            # Triton reads 0 as "unbounded"; here every queue is bounded, so say so instead.
+            raise ModelConfigError(
+                f"{where}.max_queue_size: expected at least 1 request, got {queue_size}; every queue "
+                "is bounded (leave the field out for the default)"
+            )
+    timeout = raw.get("default_queue_timeout_ms", 0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise ModelConfigError(
+            f"{where}.default_queue_timeout_ms: expected milliseconds >= 0 (0: no timeout), got {timeout!r}"
+        )
+    if 0 < timeout <= delay:
+        # A request held back for a fuller batch would time out by the hold alone.
+        raise ModelConfigError(
+            f"{where}.default_queue_timeout_ms: {timeout:g} must exceed max_queue_delay_ms ({delay:g}), "
+            "or requests held for a fuller batch time out; 0 turns the timeout off"
+        )
+    return DynamicBatching(float(delay), sizes, queue_size, float(timeout))
 
 
 def parse_model_config(raw: Any, *, source: str = MODEL_CONFIG_FILE) -> ModelConfig:
@@ -224,9 +276,14 @@ def model_config_to_dict(config: ModelConfig) -> dict[str, Any]:
         "outputs": [tensor(spec) for spec in config.outputs],
     }
     if config.dynamic_batching != DynamicBatching():
-        batching: dict[str, Any] = {"max_queue_delay_ms": config.dynamic_batching.max_queue_delay_ms}
-        if config.dynamic_batching.preferred_batch_sizes:
-            batching["preferred_batch_sizes"] = list(config.dynamic_batching.preferred_batch_sizes)
+        settings = config.dynamic_batching
+        batching: dict[str, Any] = {"max_queue_delay_ms": settings.max_queue_delay_ms}
+        if settings.preferred_batch_sizes:
+            batching["preferred_batch_sizes"] = list(settings.preferred_batch_sizes)
+        if settings.max_queue_size is not None:
+            batching["max_queue_size"] = settings.max_queue_size
+        if settings.default_queue_timeout_ms:
+            batching["default_queue_timeout_ms"] = settings.default_queue_timeout_ms
         doc["dynamic_batching"] = batching
     if config.device != Device.AUTO:
         doc["device"] = config.device.value

@@ -1,4 +1,5 @@
-"""Assembles and runs one model server: registry, gRPC services, health, reflection, metrics.
+"""Assembles and runs one model server: registry, gRPC services, health, reflection, metrics,
+and the gRPC port itself, plaintext or TLS (`kubemaas_server.tls`).
 
 One asyncio event loop carries every RPC (grpc.aio); each model computes in a thread of its own.
 Shutdown (SIGTERM or SIGINT) is graceful: health and readiness turn NOT_SERVING first, queued and
@@ -28,6 +29,7 @@ from kubemaas_server.proto import grpc_service_pb2 as pb
 from kubemaas_server.proto import grpc_service_pb2_grpc as pb_grpc
 from kubemaas_server.repository import ModelRegistry, load_repository
 from kubemaas_server.servicer import InferenceServicer
+from kubemaas_server.tls import ServerTls, TlsMode
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class ServerOptions:
     torch_threads: int | None = None
     grace_seconds: float = 10.0
     warm_up: bool = True
+    tls: ServerTls | None = None  # None: plaintext gRPC; the metrics port is plain HTTP either way
 
 
 def _server_version() -> str:
@@ -117,8 +120,12 @@ class ModelServer:
             (INFERENCE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE), self._server, pool=pool
         )
         address = _address(self.options.host, self.options.grpc_port)
+        tls = self.options.tls
         try:
-            self.grpc_port = self._server.add_insecure_port(address)
+            if tls is None:
+                self.grpc_port = self._server.add_insecure_port(address)
+            else:
+                self.grpc_port = self._server.add_secure_port(address, tls.server_credentials())
         except RuntimeError as error:  # grpc reports a failed bind this way
             raise OSError(f"cannot bind the gRPC port {address}: is it in use?") from error
         self.registry.start()
@@ -134,8 +141,13 @@ class ModelServer:
                 host=self.options.host,
                 models=len(self.registry.models),
                 ready=self._servicer.ready,
+                tls=tls.mode if tls else TlsMode.OFF,
+                **(tls.log_fields() if tls else {}),
             ),
         )
+        if tls is not None and tls.expired():
+            # Served anyway (this clock may be the wrong one), but clients that check will refuse it.
+            log.warning("tls certificate expired", extra=kv(**tls.log_fields()))
 
     async def _publish_health(self) -> None:
         assert self.registry is not None and self._servicer is not None

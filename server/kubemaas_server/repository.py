@@ -196,6 +196,8 @@ def _load_model(
         max_batch_size=config.max_batch_size,
         max_queue_delay_ms=config.dynamic_batching.max_queue_delay_ms,
         preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
+        max_queue_size=config.max_queue_size,
+        queue_timeout_ms=config.dynamic_batching.default_queue_timeout_ms,
         metrics=metrics.for_model(name),
     )
     return ServedModel(

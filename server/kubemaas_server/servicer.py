@@ -6,11 +6,19 @@ and writes the outputs back in the form the request used: raw when the request w
 when it was typed (raw again for FP16/BF16 outputs, which have no typed form). There is no
 intermediate request object model. Errors below this layer are `InferenceError`s; this is the
 only place that turns them into gRPC status codes.
+
+A request the model's queue shed (`QUEUE_FULL`, `QUEUE_TIMEOUT`) ends UNAVAILABLE: gRPC's
+"transient, retry with a backoff", the code gRPC retry policies list as retryable, and the one
+Triton answers for a full queue (RESOURCE_EXHAUSTED here already means a message too large, which
+no retry cures). The batcher's retry hint goes out as trailing metadata twice: `retry-after-ms`
+for people and client code, and `grpc-retry-pushback-ms`, which gRPC's own retry machinery (a
+service config `retryPolicy`) obeys as the delay before its next attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Final, NoReturn
 
@@ -33,7 +41,11 @@ STATUS_CODES: Final[dict[ErrorKind, grpc.StatusCode]] = {
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorKind.QUEUE_FULL: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.QUEUE_TIMEOUT: grpc.StatusCode.UNAVAILABLE,
 }
+RETRY_AFTER_KEY: Final = "retry-after-ms"
+RETRY_PUSHBACK_KEY: Final = "grpc-retry-pushback-ms"  # gRPC retry design A6, "server pushback"
 
 PLATFORM = "pytorch_torchscript"
 OutputTensor = pb.ModelInferResponse.InferOutputTensor
@@ -43,9 +55,17 @@ def _invalid(message: str) -> InferenceError:
     return InferenceError(ErrorKind.INVALID_ARGUMENT, message)
 
 
+def retry_metadata(error: InferenceError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that carries an error's retry hint, in whole milliseconds."""
+    if error.retry_after_s is None:
+        return ()
+    milliseconds = str(max(1, math.ceil(error.retry_after_s * 1000.0)))
+    return ((RETRY_AFTER_KEY, milliseconds), (RETRY_PUSHBACK_KEY, milliseconds))
+
+
 async def _abort(context: Any, error: InferenceError) -> NoReturn:
     """Ends the RPC with the error's status; grpc.aio's `abort` always raises."""
-    await context.abort(STATUS_CODES[error.kind], error.message)
+    await context.abort(STATUS_CODES[error.kind], error.message, trailing_metadata=retry_metadata(error))
     raise AssertionError("context.abort returned")
 
 

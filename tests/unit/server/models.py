@@ -224,3 +224,25 @@ def build_busy_repository(root: Path) -> Path:
         Busy(),
     )
     return root
+
+
+def build_overload_repository(root: Path, *, max_queue_size: int, queue_timeout_ms: float) -> Path:
+    """Two `Busy` models with shedding settings: `queued` admits `max_queue_size` waiting
+    requests, `timed` keeps the default bound and answers requests that waited longer than
+    `queue_timeout_ms` UNAVAILABLE."""
+    for name, batching in (
+        ("queued", DynamicBatching(max_queue_size=max_queue_size)),
+        ("timed", DynamicBatching(default_queue_timeout_ms=queue_timeout_ms)),
+    ):
+        save_model(
+            root,
+            ModelConfig(
+                name,
+                inputs=(spec("rounds", "FP32", [1]),),
+                outputs=(spec("out", "FP32", [1]),),
+                max_batch_size=8,
+                dynamic_batching=batching,
+            ),
+            Busy(),
+        )
+    return root

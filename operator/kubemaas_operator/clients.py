@@ -25,6 +25,7 @@ PLURALS: Final[dict[tuple[str, str], str]] = {
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("batch/v1", "Job"): "jobs",
     ("coordination.k8s.io/v1", "Lease"): "leases",

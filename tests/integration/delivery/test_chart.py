@@ -53,8 +53,8 @@ def helm(binaries: dict[str, Path], *args: str, check: bool = True) -> subproces
     return result
 
 
-def render(binaries: dict[str, Path], *values: str) -> list[dict[str, Any]]:
-    out = helm(binaries, "template", RELEASE, str(CHART), "-n", RELEASE_NS, "--include-crds", *values).stdout
+def render(binaries: dict[str, Path], *values: str, release: str = RELEASE) -> list[dict[str, Any]]:
+    out = helm(binaries, "template", release, str(CHART), "-n", RELEASE_NS, "--include-crds", *values).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -105,7 +105,8 @@ def test_helm_lint_passes_strict(binaries: dict[str, Path]) -> None:
 
 
 def test_chart_and_kustomize_agree_on_crds_and_rbac(binaries: dict[str, Path]) -> None:
-    chart = render(binaries)
+    # Released as `kubemaas`, the chart's names are the base's: kubemaas-operator.
+    chart = render(binaries, release="kubemaas")
     for overlay in ("dev", "production"):
         base = kustomize(binaries, overlay)
         chart_crds = {d["metadata"]["name"]: d["spec"] for d in of_kind(chart, "CustomResourceDefinition")}
@@ -162,9 +163,14 @@ def test_chart_values_shape_the_operator(binaries: dict[str, Path]) -> None:
     assert env["KUBEMAAS_DEFAULT_IMAGE"] == "registry.example/server:2"
     assert env["KUBEMAAS_LOG_LEVEL"] == "INFO"
     # Watching named namespaces: namespaced grants move into a Role in each of them; only
-    # nodes and CRDs stay cluster-wide.
+    # reads of nodes, CRDs and namespaces stay cluster-wide.
     cluster_role = rule_set(one(docs, "ClusterRole")["rules"])
-    assert {resource for _, resource, _, _ in cluster_role} == {"nodes", "customresourcedefinitions"}
+    assert {resource for _, resource, _, _ in cluster_role} == {
+        "nodes",
+        "customresourcedefinitions",
+        "namespaces",
+    }
+    assert {verb for _, _, verb, _ in cluster_role} <= {"get", "list", "watch"}
     roles = {
         d["metadata"]["namespace"]: d
         for d in of_kind(docs, "Role")
@@ -276,7 +282,7 @@ def test_helm_install_brings_the_operator_up_and_its_permissions_serve_a_model(
         cluster.kubectl(
             "wait", "--for=condition=Ready", "ms/charted", "-n", WATCHED, "--timeout=90s", timeout=100
         )
-        children = get(cluster, "deployment", "charted", "-n", WATCHED)
+        children = get(cluster, "deployment", "charted", "-n", WATCHED, "--show-managed-fields")
         managers = {entry["manager"] for entry in children["metadata"]["managedFields"]}
         assert "kubemaas-chart" in managers
         lease = get(cluster, "lease", f"{RELEASE}-operator", "-n", RELEASE_NS)
@@ -290,6 +296,7 @@ def test_helm_install_brings_the_operator_up_and_its_permissions_serve_a_model(
     finally:
         process.terminate()
         process.wait(timeout=30)
+        print(f"--- chart operator log tail ---\n{log_path.read_text(errors='replace')[-3000:]}")
         cluster.kubectl("delete", "ms", "charted", "-n", WATCHED, "--wait=false", check=False)
 
 

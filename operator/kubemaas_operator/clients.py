@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -45,6 +46,19 @@ class KubeApiError(RuntimeError):
     def retryable(self) -> bool:
         """Conflicts, throttling and server trouble pass; everything else is our bug or theirs."""
         return self.status in (409, 429) or self.status >= 500
+
+
+# Characters YAML may not carry raw (outside its printable set, or line breaks to YAML that a
+# quoted scalar folds into spaces: NEL, LS, PS); JSON leaves them raw.
+_NOT_YAML_PRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+
+
+def apply_patch_body(manifest: Mapping[str, Any]) -> bytes:
+    """`manifest` as an apply patch, which the API server reads as YAML: JSON is YAML, except
+    that YAML refuses `\\u` escapes of surrogate pairs (which JSON uses for characters beyond
+    the BMP), raw DEL and C1 controls, and folds raw line separators. So: UTF-8 for everything, `\\u` escapes for those."""
+    text = json.dumps(manifest, ensure_ascii=False)
+    return _NOT_YAML_PRINTABLE.sub(lambda m: f"\\u{ord(m[0]):04x}", text).encode()
 
 
 def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
@@ -108,8 +122,7 @@ class KubeClient:
             "PATCH",
             path,
             query=[("fieldManager", self.field_manager), ("force", "true")],
-            # The transport sends a str body as is; JSON is valid apply-patch YAML.
-            body=json.dumps(manifest),
+            body=apply_patch_body(manifest),
             content_type="application/apply-patch+yaml",
         )
         assert result is not None

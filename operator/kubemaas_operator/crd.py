@@ -42,14 +42,102 @@ def _str(**extra: Any) -> Schema:
 
 _PRESERVE: Schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
+# Kubernetes' own syntax for what the operator copies into children, so that a CR the API
+# server accepts never yields a child it refuses (tests/integration/operator/test_fuzz_specs.py).
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+LABEL_KEY = f"^({_PREFIX})?{_NAME_PART}$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+EXTENDED_RESOURCE = f"^{_PREFIX}{_NAME_PART}$"
+IMAGE = r"^[!-~]+$"  # printable ASCII, no spaces: what a registry reference can hold
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a folder name, a metrics label, a URL path segment
+
+
+QUANTITY = r"^(\+)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+_Q = "quantity(string(self.{0}[k]))"
+_IS_Q = "isQuantity(string(self.{0}[k]))"
+
+
+def _amounts(part: str) -> Schema:
+    return {
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY,
+            "maxLength": 64,
+        },
+        "description": f"Resource name -> quantity ({part}).",
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.all(k, k in ['cpu', 'memory', 'ephemeral-storage'] || k.startsWith('hugepages-')"
+                f" || (k.size() <= 317 && k.matches(r'{EXTENDED_RESOURCE}') && !k.startsWith('kubernetes.io/')))",
+                "message": f"{part} names cpu, memory, ephemeral-storage, hugepages-<size> or an extended resource domain/name",
+            },
+            {
+                "rule": "self.all(k, !isQuantity(string(self[k])) || quantity(string(self[k])).compareTo(quantity('0')) >= 0)",
+                "message": f"{part} must not be negative",
+            },
+            {
+                "rule": "self.all(k, !k.contains('/') || !isQuantity(string(self[k]))"
+                " || quantity(string(self[k])).isInteger())",
+                "message": f"{part} of an extended resource (e.g. nvidia.com/gpu) must be whole numbers",
+            },
+        ],
+    }
+
+
+RESOURCES_SCHEMA: Schema = {
+    **_obj({"limits": _amounts("limits"), "requests": _amounts("requests")}),
+    "x-kubernetes-preserve-unknown-fields": True,
+    "x-kubernetes-validations": [
+        {
+            "rule": "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits)"
+            f" || !{_IS_Q.format('requests')} || !{_IS_Q.format('limits')}"
+            f" || {_Q.format('requests')}.compareTo({_Q.format('limits')}) <= 0)",
+            "message": "requests must not exceed limits",
+        },
+        {
+            "rule": "!has(self.requests) || self.requests.all(k, !k.contains('/')"
+            " || (has(self.limits) && k in self.limits"
+            f" && (!{_IS_Q.format('requests')} || !{_IS_Q.format('limits')}"
+            f" || {_Q.format('requests')}.compareTo({_Q.format('limits')}) == 0)))",
+            "message": "an extended resource (e.g. nvidia.com/gpu) cannot be overcommitted: set a limit equal to its request",
+        },
+    ],
+}
+
+
+def _label_map(description: str) -> Schema:
+    return {
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": _str(maxLength=63, pattern=LABEL_VALUE),
+        "description": description,
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.all(k, k.size() <= 317 && k.matches(r'{LABEL_KEY}'))",
+                "message": "keys must be label keys: [prefix/]name, name 1-63 alphanumerics, '-', '_' or '.'",
+            }
+        ],
+    }
+
+
 GPU_SCHEMA: Schema = _obj(
     {
         "count": _int(description="GPUs per pod, the container limit of `resource`."),
         "product": _str(
-            description="Node label nvidia.com/gpu.product to select, e.g. NVIDIA-H100-80GB-HBM3."
+            description="Node label nvidia.com/gpu.product to select, e.g. NVIDIA-H100-80GB-HBM3.",
+            maxLength=63,
+            pattern=LABEL_VALUE,
         ),
         "resource": _str(
-            default="nvidia.com/gpu", description="Extended resource name of the GPU device plugin."
+            default="nvidia.com/gpu",
+            description="Extended resource name of the GPU device plugin.",
+            maxLength=253,
+            pattern=EXTENDED_RESOURCE,
         ),
     },
     required=["count"],
@@ -62,10 +150,10 @@ GPU_SCHEMA: Schema = _obj(
 
 SCHEDULING_SCHEMA: Schema = _obj(
     {
-        "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"}},
+        "nodeSelector": _label_map("Node labels the pods require, added to the GPU product selector."),
         "tolerations": {"type": "array", "items": _PRESERVE},
         "affinity": _PRESERVE,
-        "priorityClassName": _str(),
+        "priorityClassName": _str(maxLength=253, pattern=DNS_SUBDOMAIN),
     },
     description="Merged on top of what the operator derives from gpu.",
 )
@@ -94,11 +182,19 @@ MODEL_SERVICE_SPEC: Schema = _obj(
                     maxLength=2048,
                     **{"x-kubernetes-validations": URI_RULES},
                 ),
-                "name": _str(description="Model name clients use; default metadata.name.", maxLength=253),
+                "name": _str(
+                    description="Model name clients use; default metadata.name.",
+                    maxLength=253,
+                    pattern=MODEL_NAME,
+                ),
             },
             required=["uri"],
         ),
-        "image": _str(description="Server image; default from the operator's configuration."),
+        "image": _str(
+            description="Server image; default from the operator's configuration.",
+            maxLength=1024,
+            pattern=IMAGE,
+        ),
         "minReplicas": _int(0, 1000, default=1),
         "maxReplicas": _int(1, 1000, default=4),
         "autoscaling": _obj(
@@ -110,7 +206,7 @@ MODEL_SERVICE_SPEC: Schema = _obj(
             default={},
         ),
         "gpu": GPU_SCHEMA,
-        "resources": _PRESERVE,
+        "resources": RESOURCES_SCHEMA,
         "batching": _obj(
             {"maxBatchSize": _int(0, 4096, default=32), "maxQueueDelayMs": _int(0, 10000, default=2)},
             default={},
@@ -206,7 +302,6 @@ CONDITION_DOCS = {
 }
 
 SCHEDULING_DOCS = {
-    "scheduling.nodeSelector": "Node labels the pods require, added to the GPU product selector.",
     "scheduling.tolerations": "Tolerations added to the GPU taint's (corev1 Toleration objects).",
     "scheduling.affinity": "corev1 Affinity, passed through.",
     "scheduling.priorityClassName": "PriorityClass of the pods.",
@@ -346,7 +441,11 @@ def _rule(rule: str, message: str) -> dict[str, Any]:
 
 TRAINING_JOB_SPEC: Schema = _obj(
     {
-        "image": _str(description="Trainer image (runs `kubemaas train`); default from the operator."),
+        "image": _str(
+            description="Trainer image (runs `kubemaas train`); default from the operator.",
+            maxLength=1024,
+            pattern=IMAGE,
+        ),
         "command": {
             "type": "array",
             "items": _str(),
@@ -354,15 +453,18 @@ TRAINING_JOB_SPEC: Schema = _obj(
             "description": "The training program, run under torchrun by `kubemaas train -- <command>`.",
         },
         "workers": {
-            **_int(default=1, description="Pods in the group (torch.distributed nodes)."),
+            **_int(default=1, maximum=10000, description="Pods in the group (torch.distributed nodes)."),
             **_rule("self >= 1", "workers must be at least 1"),
         },
         "procsPerWorker": {
-            **_int(description="Processes per pod (torchrun --nproc-per-node); default gpu.count or 1."),
+            **_int(
+                maximum=1024,
+                description="Processes per pod (torchrun --nproc-per-node); default gpu.count or 1.",
+            ),
             **_rule("self >= 1", "procsPerWorker must be at least 1"),
         },
         "gpu": GPU_SCHEMA,
-        "resources": _PRESERVE,
+        "resources": RESOURCES_SCHEMA,
         "maxRestarts": {
             **_int(default=3, description="Whole-group restarts after a worker fails."),
             **_rule("self >= 0", "maxRestarts must not be negative"),
@@ -370,7 +472,9 @@ TRAINING_JOB_SPEC: Schema = _obj(
         "output": _obj(
             {
                 "pvc": _str(
-                    description="Claim the workers write the model and checkpoints to.", maxLength=253
+                    description="Claim the workers write the model and checkpoints to.",
+                    maxLength=253,
+                    pattern=DNS_SUBDOMAIN,
                 ),
                 "path": _str(
                     description="Folder inside the claim; default metadata.name.",
@@ -388,7 +492,11 @@ TRAINING_JOB_SPEC: Schema = _obj(
         "ttlSecondsAfterFinished": _int(
             0, description="Delete the finished Job (not the TrainingJob) after."
         ),
-        "queue": _str(description="Kueue LocalQueue; admission is then the queue's, not the operator's."),
+        "queue": _str(
+            description="Kueue LocalQueue; admission is then the queue's, not the operator's.",
+            maxLength=63,
+            pattern=LABEL_VALUE,
+        ),
     },
     required=["command"],
 )

@@ -2,12 +2,13 @@
 
 The server runs on its own asyncio loop in a background thread, as `kubemaas serve` would run
 it, on ports the OS picks; tests talk to it through real gRPC clients (tritonclient, raw stubs,
-grpc.health.v1, reflection) over 127.0.0.1.
+grpc.health.v1, reflection) and plain HTTP (`http_get`) over 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,28 @@ class RunningServer:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+def http_get(
+    port: int, path: str, *, method: str = "GET", headers: dict[str, str] | None = None
+) -> HttpAnswer:
+    """One plain HTTP request to 127.0.0.1:`port`; every HTTP status comes back as a value."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        return HttpAnswer(
+            response.status, {name.lower(): value for name, value in response.getheaders()}, response.read()
+        )
+    finally:
+        connection.close()
 
 
 def start_server(repository: Path, **options: object) -> RunningServer:

@@ -1,5 +1,6 @@
-"""`kubemaas serve` as a real process: it serves, and on SIGTERM it turns NOT_SERVING, lets the
-requests it holds finish, and exits 0 within its grace period."""
+"""`kubemaas serve` as a real process: it serves, and on SIGTERM it turns NOT_SERVING (gRPC
+health and the HTTP ready path alike), lets the requests it holds finish, and exits 0 within its
+grace period."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubemaas_server.proto import grpc_service_pb2 as pb
 from kubemaas_server.proto import grpc_service_pb2_grpc as pb_grpc
 
+from .conftest import http_get
 from .models import build_busy_repository
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -34,12 +36,14 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
+    """The server process, its gRPC target and its HTTP (metrics and health) port, once ready."""
     repository = build_busy_repository(tmp_path / "repository")
     port = free_port()
+    http_port = free_port()
     command = [
         sys.executable, "-m", "kubemaas", "serve", "--model-repository", str(repository),
-        "--grpc-port", str(port), "--metrics-port", str(free_port()), "--grace-seconds", "20",
+        "--grpc-port", str(port), "--metrics-port", str(http_port), "--grace-seconds", "20",
         "--torch-threads", "1",
     ]  # fmt: skip
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -57,7 +61,7 @@ def process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
                     pass
                 assert time.monotonic() < deadline, "server did not become ready"
                 time.sleep(0.1)
-        yield child, target
+        yield child, target, http_port
     finally:
         if child.poll() is None:
             child.kill()
@@ -72,13 +76,14 @@ def busy_request(rounds: float) -> pb.ModelInferRequest:
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero(
-    process: tuple[subprocess.Popen[str], str],
+    process: tuple[subprocess.Popen[str], str, int],
 ) -> None:
-    child, target = process
+    child, target, http_port = process
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         assert stub.ServerReady(pb.ServerReadyRequest()).ready
+        assert http_get(http_port, "/v2/health/ready").status == 200
         # Calibrate: how many rounds make a request take about half a second on this machine.
         started = time.perf_counter()
         stub.ModelInfer(busy_request(200))
@@ -108,6 +113,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(
             time.sleep(0.02)
         assert status == NOT_SERVING
         assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready
+        assert http_get(http_port, "/v2/health/ready").status == 503  # kubelet's httpGet probe
+        assert http_get(http_port, "/v2/health/live").status == 200
         with pytest.raises(grpc.RpcError) as refused:
             stub.ModelInfer(busy_request(1), timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

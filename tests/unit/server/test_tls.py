@@ -38,7 +38,7 @@ from kubemaas_server.proto import grpc_service_pb2 as pb
 from kubemaas_server.proto import grpc_service_pb2_grpc as pb_grpc
 from kubemaas_server.tls import TlsConfigError, TlsFiles, TlsMode, load_server_tls
 
-from .conftest import RunningServer, start_server, stop_server
+from .conftest import RunningServer, http_get, start_server, stop_server
 from .models import build_busy_repository
 from .test_shutdown import free_port
 
@@ -260,6 +260,8 @@ def test_tls_server_without_client_ca_accepts_a_client_certificate_too(
 def test_metrics_port_stays_plain_http_beside_tls(tls_server: RunningServer) -> None:
     with urllib.request.urlopen(tls_server.metrics_url, timeout=5) as response:
         assert b"kubemaas_model_ready" in response.read()
+    # What kubelet's httpGet probes ask, since its grpc probes cannot speak TLS.
+    assert http_get(tls_server.server.metrics_port, "/v2/health/ready").status == 200
 
 
 # --- mutual TLS -------------------------------------------------------------------------------

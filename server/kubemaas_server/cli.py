@@ -6,7 +6,8 @@ kubemaas serve --model-repository DIR [--grpc-port 8001] [--metrics-port 8002] [
                [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 
 Without the --tls-* flags the gRPC port is plaintext. The TLS files are checked before any
-model loads, so a bad one fails the command at once, naming the file.
+model loads, so a bad one fails the command at once, naming the file. The metrics port, which
+also answers the V2 HTTP health paths for kubelet's probes, is plain HTTP either way.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model-repository", type=Path, required=True, help="folder of <model>/model.yaml")
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: any free port)")
-    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port (-1: off)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        help="plain HTTP port: Prometheus /metrics and the V2 health paths /v2/health/{live,ready} (-1: off)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument(
         "--max-message-bytes",
@@ -43,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace-seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may take"
     )
     parser.add_argument("--no-warm-up", action="store_true", help="skip the warm-up forward pass at load")
-    tls = parser.add_argument_group("TLS", "the gRPC port only; the metrics port stays plain HTTP")
+    tls = parser.add_argument_group(
+        "TLS", "the gRPC port only; the metrics port stays plain HTTP for Prometheus and kubelet probes"
+    )
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate (chain), PEM")
     tls.add_argument("--tls-key", type=Path, metavar="PEM", help="server private key, PEM, unencrypted")
     tls.add_argument(

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the model server, served as text on `--metrics-port` at `/metrics`.
+"""Prometheus metrics of the model server, served on `--metrics-port` at `/metrics` by
+`kubemaas_server.http_endpoints`.
 
 The names are a contract: the operator's concurrency autoscaler reads
 `kubemaas_inflight_requests`, and docs/server.md lists every metric. Each server instance owns a
@@ -14,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -88,7 +89,6 @@ class ServerMetrics:
         )
         self._children: dict[str, ModelMetrics] = {}
         self._lock = threading.Lock()
-        self._http: Any = None
 
     def for_model(self, model: str) -> ModelMetrics:
         children = self._children.get(model)
@@ -109,15 +109,3 @@ class ServerMetrics:
 
     def count_failure(self, model: str, outcome: str) -> None:
         self.requests.labels(model=model, outcome=outcome).inc()
-
-    def serve(self, host: str, port: int) -> int:
-        """Starts the `/metrics` HTTP endpoint in a daemon thread and returns its port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return int(server.server_address[1])
-
-    def stop(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None

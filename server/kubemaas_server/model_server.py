@@ -1,9 +1,11 @@
-"""Assembles and runs one model server: registry, gRPC services, health, reflection, metrics,
-and the gRPC port itself, plaintext or TLS (`kubemaas_server.tls`).
+"""Assembles and runs one model server: registry, gRPC services, health, reflection, the gRPC
+port itself, plaintext or TLS (`kubemaas_server.tls`), and the plain HTTP port for metrics and
+health probes (`kubemaas_server.http_endpoints`).
 
 One asyncio event loop carries every RPC (grpc.aio); each model computes in a thread of its own.
-Shutdown (SIGTERM or SIGINT) is graceful: health and readiness turn NOT_SERVING first, queued and
-running requests finish, then the gRPC server stops with a bounded grace and the process exits.
+Shutdown (SIGTERM or SIGINT) is graceful: health and readiness turn NOT_SERVING first (the HTTP
+ready paths 503), queued and running requests finish, then the gRPC server stops with a bounded
+grace, the HTTP port closes last, and the process exits.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from kubemaas.logs import kv
+from kubemaas_server.http_endpoints import HttpEndpoints
 from kubemaas_server.metrics import ServerMetrics
 from kubemaas_server.model_config import Device
 from kubemaas_server.proto import grpc_service_pb2 as pb
@@ -49,13 +52,15 @@ class ServerOptions:
     model_repository: Path
     host: str = "127.0.0.1"
     grpc_port: int = 8001
-    metrics_port: int = 8002  # 0 picks a free port; -1 disables the metrics endpoint
+    metrics_port: int = 8002  # metrics and HTTP health; 0 picks a free port; -1 disables it
     max_message_bytes: int = 64 * 1024 * 1024
     device: Device | None = None  # overrides every model's `device`
     torch_threads: int | None = None
     grace_seconds: float = 10.0
     warm_up: bool = True
-    tls: ServerTls | None = None  # None: plaintext gRPC; the metrics port is plain HTTP either way
+    # None: plaintext gRPC. The metrics port is plain HTTP either way: kubelet probes it, and
+    # kubelet's probes cannot speak TLS (nor can its `grpc:` probes reach a TLS gRPC port).
+    tls: ServerTls | None = None
 
 
 def _server_version() -> str:
@@ -78,6 +83,7 @@ class ModelServer:
         self._server: Any = None
         self._servicer: InferenceServicer | None = None
         self._health: Any = None
+        self._http: HttpEndpoints | None = None
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
 
@@ -102,10 +108,10 @@ class ModelServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._servicer = InferenceServicer(
+        self._servicer = servicer = InferenceServicer(
             self.registry, self.metrics, name=SERVER_NAME, version=_server_version()
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, self._server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         self._health = health_async.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         # Our protocol descriptors live in a private pool (see protogen); reflection answers from
@@ -132,7 +138,14 @@ class ModelServer:
         await self._server.start()
         await self._publish_health()
         if self.options.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.options.host, self.options.metrics_port)
+            # The HTTP health answers read the servicer's readiness, the state behind ServerReady
+            # and ModelReady, so they cannot disagree with gRPC and turn 503 when draining starts.
+            self._http = HttpEndpoints(
+                self.metrics.registry,
+                server_ready=lambda: servicer.ready,
+                model_ready=servicer.model_ready,
+            )
+            self.metrics_port = self._http.start(self.options.host, self.options.metrics_port)
         log.info(
             "serving",
             extra=kv(
@@ -140,7 +153,7 @@ class ModelServer:
                 metrics_port=self.metrics_port,
                 host=self.options.host,
                 models=len(self.registry.models),
-                ready=self._servicer.ready,
+                ready=servicer.ready,
                 tls=tls.mode if tls else TlsMode.OFF,
                 **(tls.log_fields() if tls else {}),
             ),
@@ -187,7 +200,10 @@ class ModelServer:
                 log.warning("requests still queued at the end of the grace period")
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
-        self.metrics.stop()
+        if self._http is not None:
+            # Last: probes and scrapes get answers (ready 503) for the whole drain.
+            self._http.stop()
+            self._http = None
         log.info("stopped", extra=kv(seconds=round(time.monotonic() - started, 3)))
         self._stopped.set()
 

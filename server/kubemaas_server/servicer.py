@@ -79,7 +79,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     @property
     def ready(self) -> bool:
+        """ServerReady, health `""` and the HTTP `/v2/health/ready`: every model loaded, not draining."""
         return not self.draining and self._registry.all_ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """ModelReady and the HTTP model ready path; raises InferenceError NOT_FOUND for an
+        unknown model or version."""
+        model = self._registry.get(name)
+        model.check_version(version)
+        return model.ready and not self.draining
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -92,11 +100,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
-            model = self._registry.get(request.name)
-            model.check_version(request.version)
+            ready = self.model_ready(request.name, request.version)
         except InferenceError as error:
             await _abort(context, error)
-        return pb.ModelReadyResponse(ready=model.ready and not self.draining)
+        return pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:

@@ -20,6 +20,7 @@ Manifest = dict[str, Any]
 GRPC_PORT = 8001
 METRICS_PORT = 8002
 MODEL_ROOT = "/models"
+TLS_ROOT = "/etc/kubemaas/tls"
 SERVER_UID = 65532
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -117,7 +118,11 @@ def pod_scheduling(spec: ModelServiceSpec) -> dict[str, Any]:
 
 def pod_template(spec: ModelServiceSpec, resolved_path: str | None = None) -> dict[str, Any]:
     volume, mount = model_volume(spec, resolved_path)
-    probe = {"grpc": {"port": GRPC_PORT}}
+    # HTTP on the metrics port, not kubelet's gRPC probe: that one cannot speak TLS. The server
+    # answers these paths from the same state as gRPC health (ready: every model loaded, not
+    # draining).
+    ready = {"httpGet": {"path": "/v2/health/ready", "port": "metrics"}}
+    live = {"httpGet": {"path": "/v2/health/live", "port": "metrics"}}
     container: dict[str, Any] = {
         "name": "server",
         "image": spec.image,
@@ -133,9 +138,10 @@ def pod_template(spec: ModelServiceSpec, resolved_path: str | None = None) -> di
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {**probe, "initialDelaySeconds": 30, "periodSeconds": 10, "failureThreshold": 3},
-        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 150},
+        "readinessProbe": {**ready, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**live, "initialDelaySeconds": 30, "periodSeconds": 10, "failureThreshold": 3},
+        # The port opens once the models are loaded: up to 5 minutes for a large one.
+        "startupProbe": {**live, "periodSeconds": 2, "failureThreshold": 150},
         "resources": container_resources(spec),
         "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {
@@ -146,6 +152,14 @@ def pod_template(spec: ModelServiceSpec, resolved_path: str | None = None) -> di
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    volumes = [volume, {"name": "tmp", "emptyDir": {}}]
+    if spec.tls is not None:
+        container["args"] += [f"--tls-cert={TLS_ROOT}/tls.crt", f"--tls-key={TLS_ROOT}/tls.key"]
+        if spec.tls.client_auth:
+            container["args"].append(f"--tls-client-ca={TLS_ROOT}/ca.crt")
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_ROOT, "readOnly": True})
+        # Readable by the server's group only (fsGroup), never by other users of the node.
+        volumes.append({"name": "tls", "secret": {"secretName": spec.tls.secret_name, "defaultMode": 0o440}})
     pod_spec: dict[str, Any] = {
         "securityContext": {
             "runAsNonRoot": True,
@@ -155,7 +169,7 @@ def pod_template(spec: ModelServiceSpec, resolved_path: str | None = None) -> di
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
+        "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,

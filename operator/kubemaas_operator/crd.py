@@ -227,6 +227,23 @@ MODEL_SERVICE_SPEC: Schema = _obj(
             default={},
         ),
         "scheduling": SCHEDULING_SCHEMA,
+        "tls": _obj(
+            {
+                "secretName": _str(
+                    maxLength=253,
+                    pattern=DNS_SUBDOMAIN,
+                    description="A kubernetes.io/tls Secret in the same namespace: tls.crt and tls.key "
+                    "(and ca.crt with clientAuth), e.g. from cert-manager.",
+                ),
+                "clientAuth": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Mutual TLS: clients must present a certificate signed by the Secret's ca.crt.",
+                },
+            },
+            required=["secretName"],
+            description="Serve gRPC over TLS; the metrics and health port stays plain HTTP for probes.",
+        ),
     },
     required=["model"],
     **{

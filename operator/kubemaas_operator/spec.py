@@ -67,6 +67,12 @@ class Scheduling:
 
 
 @dataclass(frozen=True)
+class TlsSpec:
+    secret_name: str  # a kubernetes.io/tls Secret: tls.crt, tls.key (and ca.crt for client_auth)
+    client_auth: bool = False
+
+
+@dataclass(frozen=True)
 class ModelServiceSpec:
     name: str
     namespace: str
@@ -87,6 +93,7 @@ class ModelServiceSpec:
     autoscaling_metric: str = "concurrency"
     autoscaling_target: int = 8
     scale_down_delay_seconds: int = 300
+    tls: TlsSpec | None = None
 
 
 def parse_model_service(body: Mapping[str, Any], settings: OperatorSettings) -> ModelServiceSpec:
@@ -112,6 +119,8 @@ def parse_model_service(body: Mapping[str, Any], settings: OperatorSettings) -> 
     autoscaling = spec.get("autoscaling") or {}
     batching = spec.get("batching") or {}
     rollout = spec.get("rollout") or {}
+    tls_raw = spec.get("tls")
+    tls = TlsSpec(str(tls_raw["secretName"]), bool(tls_raw.get("clientAuth", False))) if tls_raw else None
     return ModelServiceSpec(
         name=meta["name"],
         namespace=meta["namespace"],
@@ -128,6 +137,7 @@ def parse_model_service(body: Mapping[str, Any], settings: OperatorSettings) -> 
         max_queue_delay_ms=int(batching.get("maxQueueDelayMs", 2)),
         canary_percent=int(rollout.get("canaryPercent", 0)),
         progress_deadline_seconds=int(rollout.get("progressDeadlineSeconds", 600)),
+        tls=tls,
         scheduling=Scheduling(
             node_selector=dict(sched.get("nodeSelector") or {}),
             tolerations=tuple(sched.get("tolerations") or ()),

@@ -201,3 +201,38 @@ def test_a_canary_deployment_has_its_own_name_and_track_but_the_service_selects_
     for deployment in (canary, stable):
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert service_selector.items() <= labels.items()
+
+
+def test_tls_mounts_the_secret_and_passes_its_files_to_the_server() -> None:
+    plain = pod_template(parse_model_service(body(), SETTINGS))["spec"]
+    tls = pod_template(parse_model_service(body(tls={"secretName": "mlp-cert"}), SETTINGS))["spec"]
+    mutual = pod_template(
+        parse_model_service(body(tls={"secretName": "mlp-cert", "clientAuth": True}), SETTINGS)
+    )["spec"]
+    assert not any(a.startswith("--tls") for a in plain["containers"][0]["args"])
+    args = tls["containers"][0]["args"]
+    assert "--tls-cert=/etc/kubemaas/tls/tls.crt" in args and "--tls-key=/etc/kubemaas/tls/tls.key" in args
+    assert not any(a.startswith("--tls-client-ca") for a in args)
+    assert "--tls-client-ca=/etc/kubemaas/tls/ca.crt" in mutual["containers"][0]["args"]
+    secret = next(v for v in tls["volumes"] if v["name"] == "tls")["secret"]
+    assert secret == {"secretName": "mlp-cert", "defaultMode": 0o440}
+    mount = next(m for m in tls["containers"][0]["volumeMounts"] if m["name"] == "tls")
+    assert mount == {"name": "tls", "mountPath": "/etc/kubemaas/tls", "readOnly": True}
+    # fsGroup makes the key readable by the server's group, and the server runs in that group.
+    assert tls["securityContext"]["fsGroup"] == tls["securityContext"]["runAsGroup"]
+
+
+def test_probes_use_http_health_on_the_metrics_port_which_tls_leaves_plain() -> None:
+    container = pod_template(parse_model_service(body(tls={"secretName": "c"}), SETTINGS))["spec"][
+        "containers"
+    ][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"]["port"] == "metrics"
+    assert "grpc" not in container["readinessProbe"]
+
+
+def test_turning_tls_on_is_a_new_revision() -> None:
+    plain = revision_of(pod_template(parse_model_service(body(), SETTINGS)))
+    tls = revision_of(pod_template(parse_model_service(body(tls={"secretName": "c"}), SETTINGS)))
+    assert plain != tls

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from kubemaas_operator.leader import LeaseTiming
 from tests.integration.conftest import LocalCluster
 from tests.integration.operator.conftest import (
     OperatorProcess,
@@ -68,6 +70,7 @@ def test_one_replica_leads_the_other_takes_over_when_it_dies(
     assert "applied children" not in standby.logs(), "the standby reconciled while another replica led"
 
     leader.stop(signal.SIGKILL)  # no release: the standby must wait out the Lease
+    killed = time.monotonic()
     cluster.kubectl("patch", "ms", "ha", "-n", namespace, "--type=merge", "-p", '{"spec":{"minReplicas":2}}')
     second = eventually(
         lambda: holder(cluster) not in ("", first) and holder(cluster), timeout=40, what="takeover"
@@ -83,7 +86,18 @@ def test_one_replica_leads_the_other_takes_over_when_it_dies(
         )
 
     eventually(scaled, timeout=60, what="the new leader to act on the change made while nobody led")
+    takeover = time.monotonic() - killed
+    print(f"\ntakeover: the change made while nobody led was Ready {takeover:.1f}s after SIGKILL")
+    # The Lease lasts 15 s by the standby's clock; a standby checks every 2 s; then one reconcile.
+    timing = LeaseTiming()
+    assert takeover < timing.duration_seconds + timing.retry_seconds + 15
     assert get(cluster, "deployment", "ha", "-n", namespace)["spec"]["replicas"] == 2
+    # No duplicates, no orphans: exactly the children of one ModelService, each owned by it.
+    uid = get(cluster, "ms", "ha", "-n", namespace)["metadata"]["uid"]
+    for kind in ("deployments", "services", "networkpolicies", "poddisruptionbudgets"):
+        items = get(cluster, kind, "-n", namespace)["items"]
+        assert [i["metadata"]["name"] for i in items] == ["ha"], kind
+        assert [o["uid"] for o in items[0]["metadata"]["ownerReferences"]] == [uid]
 
     standby.stop()  # a clean stop gives the Lease up for the next replica
     assert holder(cluster) == ""

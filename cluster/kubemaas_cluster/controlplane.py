@@ -375,6 +375,32 @@ def down(state_dir: Path) -> list[ProcessRecord]:
     return stopped
 
 
+def stop_component(state_dir: Path, name: str) -> ProcessRecord:
+    """Stop one process of a running cluster (fault injection): SIGTERM, as an outage would."""
+    state = read_state(state_dir)
+    record = next((p for p in state.processes if p.name == name), None) if state else None
+    if record is None:
+        raise ClusterError(f"no process named {name} in the cluster at {state_dir}")
+    stop_process(record)
+    return record
+
+
+def start_component(state_dir: Path, name: str) -> ProcessRecord:
+    """Start a stopped process again with its recorded command line; its data is where it was."""
+    state = read_state(state_dir)
+    if state is None:
+        raise ClusterError(f"no cluster at {state_dir}")
+    old = next((p for p in state.processes if p.name == name), None)
+    if old is None or not old.argv:
+        raise ClusterError(f"no restartable process named {name} in the cluster at {state_dir}")
+    if is_running(old):
+        return old
+    new = start_process(name, list(old.argv), Path(old.log), env=old.env)
+    processes = tuple(new if p.name == name else p for p in state.processes)
+    _write_state(state_dir, ClusterState(state.server, state.kubeconfig, processes, state.kubeconfig_content))
+    return new
+
+
 def status(state_dir: Path) -> dict[str, Any]:
     state = read_state(state_dir)
     if state is None:

@@ -23,13 +23,23 @@ class ProcessRecord:
     pid: int
     exe: str
     log: str
+    # The command line and environment it started with, so it can be started again the same way.
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "argv": list(self.argv)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProcessRecord:
-        return cls(name=str(data["name"]), pid=int(data["pid"]), exe=str(data["exe"]), log=str(data["log"]))
+        return cls(
+            name=str(data["name"]),
+            pid=int(data["pid"]),
+            exe=str(data["exe"]),
+            log=str(data["log"]),
+            argv=tuple(str(a) for a in data.get("argv") or ()),
+            env=data.get("env"),
+        )
 
 
 def start_process(
@@ -45,7 +55,14 @@ def start_process(
             start_new_session=True,
             env=env,
         )
-    return ProcessRecord(name=name, pid=proc.pid, exe=str(Path(argv[0]).resolve()), log=str(log_path))
+    return ProcessRecord(
+        name=name,
+        pid=proc.pid,
+        exe=str(Path(argv[0]).resolve()),
+        log=str(log_path),
+        argv=tuple(argv),
+        env=env,
+    )
 
 
 def _reap(pid: int) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from kubemaas.logs import kv
 from kubemaas_server.batcher import BatchQueue
-from kubemaas_server.errors import ErrorKind, InferenceError
+from kubemaas_server.errors import ErrorKind, InferenceError, quoted, shape_text
 from kubemaas_server.metrics import ServerMetrics
 from kubemaas_server.model_config import (
     MODEL_FILE,
@@ -73,7 +73,8 @@ class ServedModel:
         if version and version != self.version:
             served = f"version {self.version!r}" if self.version else "no version"
             raise InferenceError(
-                ErrorKind.NOT_FOUND, f"model {self.name!r} has no version {version!r} (it serves {served})"
+                ErrorKind.NOT_FOUND,
+                f"model {self.name!r} has no version {quoted(version)} (it serves {served})",
             )
 
     def require_ready(self) -> tuple[ModelConfig, BatchQueue]:
@@ -87,7 +88,8 @@ class ServedModel:
         if datatype != spec.datatype:
             raise InferenceError(
                 ErrorKind.INVALID_ARGUMENT,
-                f"input {spec.name!r}: datatype {datatype or '(empty)'} given, expected {spec.datatype.value}",
+                f"input {spec.name!r}: datatype {_datatype_text(datatype)} given, "
+                f"expected {spec.datatype.value}",
             )
         config = self.config
         expected = config.reported_shape(spec)
@@ -96,7 +98,8 @@ class ServedModel:
         ):
             raise InferenceError(
                 ErrorKind.INVALID_ARGUMENT,
-                f"input {spec.name!r}: shape {list(shape)} given, expected {list(expected)} (-1: any size)",
+                f"input {spec.name!r}: shape {shape_text(shape)} given, expected {list(expected)} "
+                "(-1: any size)",
             )
         if not config.batched:
             return 0
@@ -110,6 +113,16 @@ class ServedModel:
         return rows
 
 
+def _datatype_text(datatype: str) -> str:
+    """A requested datatype for an error message: bare when it looks like one (`INT32`), quoted
+    and cut otherwise, `(empty)` when missing."""
+    if not datatype:
+        return "(empty)"
+    if len(datatype) <= 16 and datatype.isascii() and datatype.isalnum():
+        return datatype
+    return quoted(datatype)
+
+
 class ModelRegistry:
     """Every model of one repository, by name."""
 
@@ -119,7 +132,9 @@ class ModelRegistry:
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name)
         if model is None:
-            raise InferenceError(ErrorKind.NOT_FOUND, f"model {name!r} is not in this server's repository")
+            raise InferenceError(
+                ErrorKind.NOT_FOUND, f"model {quoted(name)} is not in this server's repository"
+            )
         return model
 
     @property

@@ -172,3 +172,19 @@ def test_bad_model_services_are_refused_by_the_api_server_with_the_rule_message(
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_a_file_uri_without_the_development_flag_fails_in_status_and_creates_nothing(
+    operator: OperatorProcess, cluster: LocalCluster, namespace: str
+) -> None:
+    apply(cluster, namespace, model_service("local", model={"uri": "file:///srv/models/mlp"}))
+    ms = eventually(
+        lambda: (
+            (m := get(cluster, "ms", "local", "-n", namespace)).get("status", {}).get("phase") == "Failed"
+            and m
+        ),
+        what="phase Failed",
+    )
+    ready = condition(ms, "Ready")
+    assert ready["reason"] == "InvalidSpec" and "--dev-allow-file-uris" in ready["message"]
+    assert not get(cluster, "deployments", "-n", namespace)["items"]

@@ -49,7 +49,7 @@ compares them). A ClusterRole for every namespace, or a Role per watched namespa
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
@@ -72,10 +72,14 @@ compares them). A ClusterRole for every namespace, or a Role per watched namespa
 {{- end -}}
 
 {{- define "kubemaas.clusterRules" -}}
-# Gang admission: a TrainingJob starts only when the nodes have room for its whole group.
+# Gang admission: a TrainingJob starts only when the nodes have room for its whole group,
+# counting what every pod on them requests, in any namespace.
 - apiGroups: [""]
   resources: [nodes]
   verbs: [get, list]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # kopf discovers CRDs installed after it started (read-only).
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]

@@ -169,6 +169,7 @@ def test_chart_values_shape_the_operator(binaries: dict[str, Path]) -> None:
         "nodes",
         "customresourcedefinitions",
         "namespaces",
+        "pods",
     }
     assert {verb for _, _, verb, _ in cluster_role} <= {"get", "list", "watch"}
     roles = {

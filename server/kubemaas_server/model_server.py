@@ -29,9 +29,8 @@ from kubemaas_server.http_endpoints import HttpEndpoints
 from kubemaas_server.metrics import ServerMetrics
 from kubemaas_server.model_config import Device
 from kubemaas_server.proto import grpc_service_pb2 as pb
-from kubemaas_server.proto import grpc_service_pb2_grpc as pb_grpc
 from kubemaas_server.repository import ModelRegistry, load_repository
-from kubemaas_server.servicer import InferenceServicer
+from kubemaas_server.servicer import InferenceServicer, add_inference_service
 from kubemaas_server.tls import ServerTls, TlsMode
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ class ModelServer:
         self._servicer = servicer = InferenceServicer(
             self.registry, self.metrics, name=SERVER_NAME, version=_server_version()
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        add_inference_service(servicer, self._server)
         self._health = health_async.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         # Our protocol descriptors live in a private pool (see protogen); reflection answers from

@@ -13,6 +13,12 @@ Triton answers for a full queue (RESOURCE_EXHAUSTED here already means a message
 no retry cures). The batcher's retry hint goes out as trailing metadata twice: `retry-after-ms`
 for people and client code, and `grpc-retry-pushback-ms`, which gRPC's own retry machinery (a
 service config `retryPolicy`) obeys as the delay before its next attempt.
+
+Requests are decoded here too (`add_inference_service`), not by the generated registration:
+grpc answers a body that does not parse as its message with UNKNOWN ("Unexpected DecodeError"),
+which reads as a server bug; a request that is not a valid message is the caller's error,
+INVALID_ARGUMENT. Status messages are capped in bytes, because gRPC clients drop an oversized
+trailer and report their own RESOURCE_EXHAUSTED instead of the server's answer.
 """
 
 from __future__ import annotations
@@ -20,17 +26,20 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from kubemaas.logs import kv
-from kubemaas_server.errors import ErrorKind, InferenceError
+from kubemaas_server.errors import ErrorKind, InferenceError, quoted
 from kubemaas_server.metrics import UNKNOWN_MODEL, ServerMetrics
 from kubemaas_server.model_config import DataType
 from kubemaas_server.proto import grpc_service_pb2 as pb
 from kubemaas_server.proto import grpc_service_pb2_grpc as pb_grpc
-from kubemaas_server.repository import ModelRegistry, ServedModel
+from kubemaas_server.repository import BoundInput, ModelRegistry, ServedModel
 from kubemaas_server.tensor_codec import decode_raw, decode_typed, encode_raw, encode_typed, has_typed_form
 
 log = logging.getLogger(__name__)
@@ -47,12 +56,68 @@ STATUS_CODES: Final[dict[ErrorKind, grpc.StatusCode]] = {
 RETRY_AFTER_KEY: Final = "retry-after-ms"
 RETRY_PUSHBACK_KEY: Final = "grpc-retry-pushback-ms"  # gRPC retry design A6, "server pushback"
 
+# The longest status message sent, in UTF-8 bytes. gRPC percent-encodes it into the
+# `grpc-message` trailer (up to 3 bytes per byte), and clients refuse trailers above 8 KiB by
+# default; 2000 bytes stays below that with room for the other trailers.
+MAX_STATUS_MESSAGE_BYTES: Final = 2000
+
 PLATFORM = "pytorch_torchscript"
+SERVICE: Final = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 OutputTensor = pb.ModelInferResponse.InferOutputTensor
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodableRequest:
+    """What a method receives instead of its request message when the body did not parse."""
+
+    message_type: str
+    reason: str
+
+    def error(self) -> InferenceError:
+        return InferenceError(
+            ErrorKind.INVALID_ARGUMENT,
+            f"the request is not a valid {self.message_type} message: {self.reason}",
+        )
+
+
+def _decoder(message_class: Any) -> Callable[[bytes], Any]:
+    """The request deserializer of one method: the message, or an `UndecodableRequest`."""
+    name = message_class.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            return UndecodableRequest(name, str(error) or "it does not parse")
+
+    return decode
+
+
+def add_inference_service(servicer: InferenceServicer, server: Any) -> None:
+    """Registers `servicer` on a grpc.aio server as the generated
+    `add_GRPCInferenceServiceServicer_to_server` does, but with `_decoder`s, so every method sees
+    an undecodable body as an `UndecodableRequest` and answers it INVALID_ARGUMENT."""
+    handlers = {}
+    for method in SERVICE.methods:
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_decoder(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
 def _invalid(message: str) -> InferenceError:
     return InferenceError(ErrorKind.INVALID_ARGUMENT, message)
+
+
+def status_message(message: str) -> str:
+    """`message`, cut to MAX_STATUS_MESSAGE_BYTES of UTF-8 (on a character boundary)."""
+    encoded = message.encode("utf-8", errors="replace")
+    if len(encoded) <= MAX_STATUS_MESSAGE_BYTES:
+        return message
+    return encoded[: MAX_STATUS_MESSAGE_BYTES - 4].decode("utf-8", errors="ignore") + " ..."
 
 
 def retry_metadata(error: InferenceError) -> tuple[tuple[str, str], ...]:
@@ -65,7 +130,9 @@ def retry_metadata(error: InferenceError) -> tuple[tuple[str, str], ...]:
 
 async def _abort(context: Any, error: InferenceError) -> NoReturn:
     """Ends the RPC with the error's status; grpc.aio's `abort` always raises."""
-    await context.abort(STATUS_CODES[error.kind], error.message, trailing_metadata=retry_metadata(error))
+    await context.abort(
+        STATUS_CODES[error.kind], status_message(error.message), trailing_metadata=retry_metadata(error)
+    )
     raise AssertionError("context.abort returned")
 
 
@@ -90,15 +157,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return model.ready and not self.draining
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
+        if isinstance(request, UndecodableRequest):
+            await _abort(context, request.error())
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
+        if isinstance(request, UndecodableRequest):
+            await _abort(context, request.error())
         return pb.ServerReadyResponse(ready=self.ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        if isinstance(request, UndecodableRequest):
+            await _abort(context, request.error())
         return pb.ServerMetadataResponse(name=self._name, version=self._version, extensions=[])
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
+        if isinstance(request, UndecodableRequest):
+            await _abort(context, request.error())
         try:
             ready = self.model_ready(request.name, request.version)
         except InferenceError as error:
@@ -106,6 +181,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        if isinstance(request, UndecodableRequest):
+            await _abort(context, request.error())
         try:
             model = self._registry.get(request.name)
             model.check_version(request.version)
@@ -123,13 +200,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
+        if isinstance(request, UndecodableRequest):
+            self._metrics.count_failure(UNKNOWN_MODEL, ErrorKind.INVALID_ARGUMENT.value)
+            await _abort(context, request.error())
         model = self._registry.models.get(request.model_name)
         if model is None:
             self._metrics.count_failure(UNKNOWN_MODEL, "not_found")
             await _abort(
                 context,
                 InferenceError(
-                    ErrorKind.NOT_FOUND, f"model {request.model_name!r} is not in this server's repository"
+                    ErrorKind.NOT_FOUND,
+                    f"model {quoted(request.model_name)} is not in this server's repository",
                 ),
             )
         metrics = self._metrics.for_model(model.name)
@@ -171,7 +252,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             bound = model.inputs.get(tensor.name)
             if bound is None:
                 raise _invalid(
-                    f"unknown input {tensor.name!r}; model {model.name!r} takes {list(model.inputs)}"
+                    f"unknown input {quoted(tensor.name)}; model {model.name!r} takes {list(model.inputs)}"
                 )
             if arrays[bound.index] is not None:
                 raise _invalid(f"input {tensor.name!r} given twice")
@@ -196,13 +277,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
         selected = list(model.outputs.values())
         if request.outputs:
-            wanted = []
+            wanted: list[BoundInput] = []
             for requested in request.outputs:
                 bound_output = model.outputs.get(requested.name)
                 if bound_output is None:
                     raise _invalid(
-                        f"unknown output {requested.name!r}; model {model.name!r} returns {list(model.outputs)}"
+                        f"unknown output {quoted(requested.name)}; model {model.name!r} returns "
+                        f"{list(model.outputs)}"
                     )
+                # A repeated output would be answered once per mention: refused, as a repeated
+                # input is, so a request of a few bytes cannot ask for a response of megabytes.
+                if bound_output in wanted:
+                    raise _invalid(f"output {requested.name!r} requested twice")
                 wanted.append(bound_output)
             selected = wanted
 

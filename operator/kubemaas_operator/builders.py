@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from kubemaas_operator.crd import API_VERSION
@@ -59,10 +60,20 @@ def _metadata(spec: ModelServiceSpec, name: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A trainingjob:// model, resolved: the job's output folder, and which run wrote it."""
+
+    uri: str  # pvc://CLAIM/PATH
+    # Differs for every successful run (the job's uid and completion time): a new run is a new
+    # pod template, so the servers roll forward to the version it exported.
+    run: str = ""
+
+
 def model_volume(
-    spec: ModelServiceSpec, resolved_path: str | None = None
+    spec: ModelServiceSpec, resolved: ResolvedModel | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(volume, volumeMount) for the model; `resolved_path` is a TrainingJob's output inside its claim.
+    """(volume, volumeMount) for the model; `resolved` is a TrainingJob's output inside its claim.
 
     The server's repository is MODEL_ROOT; the model's own folder (model.yaml + versions) is
     mounted at MODEL_ROOT/<model name>, so pvc://claim/path points at that folder.
@@ -78,9 +89,9 @@ def model_volume(
     if uri.scheme is UriScheme.PVC:
         claim, path = uri.target, uri.path
     else:
-        if resolved_path is None:
+        if resolved is None:
             raise ValueError("a trainingjob:// model needs the TrainingJob's output resolved first")
-        claim, _, path = resolved_path.removeprefix("pvc://").partition("/")
+        claim, _, path = resolved.uri.removeprefix("pvc://").partition("/")
     if path:
         mount["subPath"] = path
     return {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}, mount
@@ -116,8 +127,8 @@ def pod_scheduling(spec: ModelServiceSpec) -> dict[str, Any]:
     return out
 
 
-def pod_template(spec: ModelServiceSpec, resolved_path: str | None = None) -> dict[str, Any]:
-    volume, mount = model_volume(spec, resolved_path)
+def pod_template(spec: ModelServiceSpec, resolved: ResolvedModel | None = None) -> dict[str, Any]:
+    volume, mount = model_volume(spec, resolved)
     # HTTP on the metrics port, not kubelet's gRPC probe: that one cannot speak TLS. The server
     # answers these paths from the same state as gRPC health (ready: every model loaded, not
     # draining).
@@ -152,6 +163,8 @@ def pod_template(spec: ModelServiceSpec, resolved_path: str | None = None) -> di
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if resolved is not None and resolved.run:
+        container["env"] = [{"name": "KUBEMAAS_MODEL_RUN", "value": resolved.run}]
     volumes = [volume, {"name": "tmp", "emptyDir": {}}]
     if spec.tls is not None:
         container["args"] += [f"--tls-cert={TLS_ROOT}/tls.crt", f"--tls-key={TLS_ROOT}/tls.key"]
@@ -192,7 +205,7 @@ REPLACE = {"maxSurge": 0, "maxUnavailable": 1}
 
 
 def build_deployment(
-    spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None, *, replace: bool = False
+    spec: ModelServiceSpec, replicas: int, resolved: ResolvedModel | None = None, *, replace: bool = False
 ) -> Manifest:
     return {
         "apiVersion": "apps/v1",
@@ -205,7 +218,7 @@ def build_deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": dict(REPLACE if replace else SURGE)},
             "progressDeadlineSeconds": spec.progress_deadline_seconds,
             "revisionHistoryLimit": 5,
-            "template": pod_template(spec, resolved_path),
+            "template": pod_template(spec, resolved),
         },
     }
 
@@ -218,14 +231,14 @@ def canary_name(spec: ModelServiceSpec) -> str:
 
 
 def build_canary_deployment(
-    spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None
+    spec: ModelServiceSpec, replicas: int, resolved: ResolvedModel | None = None
 ) -> Manifest:
     """The new revision next to the stable Deployment, behind the same Service.
 
     Its selector adds a track label, so the two Deployments never claim each other's pods
     (the stable Deployment's own selector is immutable and stays as it was created).
     """
-    deployment = build_deployment(spec, replicas, resolved_path)
+    deployment = build_deployment(spec, replicas, resolved)
     deployment["metadata"]["name"] = canary_name(spec)
     deployment["metadata"]["labels"][TRACK_LABEL] = "canary"
     deployment["spec"]["selector"]["matchLabels"][TRACK_LABEL] = "canary"
@@ -294,11 +307,11 @@ def endpoint(spec: ModelServiceSpec) -> str:
 
 
 def build_children(
-    spec: ModelServiceSpec, replicas: int, resolved_path: str | None = None, *, replace: bool = False
+    spec: ModelServiceSpec, replicas: int, resolved: ResolvedModel | None = None, *, replace: bool = False
 ) -> list[Manifest]:
     """Every child the ModelService should have now; a PDB only when more than one replica runs."""
     children = [
-        build_deployment(spec, replicas, resolved_path, replace=replace),
+        build_deployment(spec, replicas, resolved, replace=replace),
         build_service(spec),
         build_network_policy(spec),
     ]

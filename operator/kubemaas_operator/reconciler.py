@@ -24,6 +24,7 @@ from kubemaas_operator.autoscaling import split_replicas
 from kubemaas_operator.builders import (
     MODEL_SERVICE_LABEL,
     Manifest,
+    ResolvedModel,
     build_canary_deployment,
     build_children,
     build_pdb,
@@ -309,8 +310,8 @@ class Reconciler:
             body, computed, desired=desired, revision=revision, observed=observed, extra=extra
         )
 
-    async def _model_source(self, spec: ModelServiceSpec) -> tuple[str | None, str | None]:
-        """(resolved pvc path, None) or (None, why we wait) for trainingjob:// models."""
+    async def _model_source(self, spec: ModelServiceSpec) -> tuple[ResolvedModel | None, str | None]:
+        """(resolved output, None) or (None, why we wait) for trainingjob:// models."""
         if spec.uri.scheme is not UriScheme.TRAINING_JOB:
             return None, None
         job = await asyncio.to_thread(
@@ -325,7 +326,8 @@ class Reconciler:
                 None,
                 f"TrainingJob {spec.uri.target} has not succeeded yet (phase {status.get('phase', 'Pending')})",
             )
-        return output, None
+        run = f"{job['metadata'].get('uid', '')}/{status.get('completionTime', '')}"
+        return ResolvedModel(output, run), None
 
     def _drifted(
         self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]], mode: tuple[bool, str]
@@ -450,6 +452,7 @@ def trimmed(body: Body) -> dict[str, Any]:
             for k in (
                 "name",
                 "namespace",
+                "uid",
                 "labels",
                 "generation",
                 "resourceVersion",

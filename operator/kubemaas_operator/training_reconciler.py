@@ -60,11 +60,22 @@ RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 JOB_NAME_LABEL = "job-name"
 
 
+# The Job controller labels each pod with its Job's uid; a Job name can be used again.
+CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+
+
 def trimmed_job(body: Body) -> dict[str, Any]:
-    """A Job as the cache keeps it: reconciler.trimmed plus whether it is suspended."""
+    """A Job as the cache keeps it: reconciler.trimmed, whether it is suspended, and its owner."""
     out = trimmed(body)
     out["spec"] = {"suspend": bool((body.get("spec") or {}).get("suspend"))}
+    owners = (body.get("metadata") or {}).get("ownerReferences") or []
+    out["metadata"]["owner"] = next((o.get("uid") for o in owners if o.get("controller")), None)
     return out
+
+
+def owned_by(job: Body, spec: TrainingJobSpec) -> bool:
+    """A Job of this TrainingJob, not of an earlier one of the same name still being collected."""
+    return bool(job["metadata"].get("owner") == spec.uid)
 
 
 @dataclass
@@ -218,13 +229,20 @@ class TrainingReconciler:
 
         job = self.cache.jobs.get(key, {}).get(current)
         waiting: str | None = None
-        if job is None or (job.get("spec") or {}).get("suspend"):
+        if job is not None and not owned_by(job, spec):
+            # A TrainingJob deleted and created again: applying now would adopt the old run's
+            # finished Job. Its deletion (ours or the garbage collector's) wakes us.
+            waiting = f"the previous TrainingJob {spec.name}'s Job {current} is being deleted"
+            job = None
+        elif job is None or (job.get("spec") or {}).get("suspend"):
             waiting = await self._admit(key, spec, restarts, exists=job is not None)
             job = self.cache.jobs.get(key, {}).get(current)
+        job_uid = job["metadata"].get("uid") if job is not None else None
         pods = [
             pod
             for pod in self.cache.pods.get(key, {}).values()
-            if (pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL) == current
+            if (labels := pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL) == current
+            and labels.get(CONTROLLER_UID_LABEL, job_uid) == job_uid
         ]
         state = AttemptState(restarts, spec.max_restarts, spec.workers, job, pods, waiting)
         computed = compute_training_status(state)
@@ -258,7 +276,7 @@ class TrainingReconciler:
 
     async def _delete_other_attempts(self, key: Key, spec: TrainingJobSpec, current: str) -> None:
         for name, job in list(self.cache.jobs.get(key, {}).items()):
-            if name == current or job["metadata"].get("deletionTimestamp"):
+            if (name == current and owned_by(job, spec)) or job["metadata"].get("deletionTimestamp"):
                 continue
             if await asyncio.to_thread(self.client.delete, "batch/v1", "Job", spec.namespace, name):
                 log.info("deleted a previous attempt", extra=kv(namespace=key[0], name=key[1], job=name))

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from kubemaas_operator.builders import build_children
+from kubemaas_operator.builders import ResolvedModel, build_children
 from kubemaas_operator.clients import KubeApiError, KubeClient, apply_patch_body, resource_path
 from kubemaas_operator.crd import API_VERSION
 from kubemaas_operator.reconciler import desired_replicas
@@ -209,7 +209,11 @@ def test_model_service_specs_are_refused_readably_or_become_valid_children(
         parsed = parse_model_service(created, SETTINGS)
     except SpecError:
         return  # reported in status as Failed/InvalidSpec, with this message
-    resolved = None if parsed.uri.scheme != "trainingjob" else f"pvc://models/{parsed.uri.target}"
+    resolved = (
+        None
+        if parsed.uri.scheme != "trainingjob"
+        else ResolvedModel(f"pvc://models/{parsed.uri.target}", "uid/2026-01-01T00:00:00Z")
+    )
     children = build_children(parsed, desired_replicas(parsed, {}), resolved)
     assert_children_accepted(client, children, spec)
 

@@ -116,6 +116,27 @@ def test_gpu_workers_get_a_headless_service_and_an_indexed_job_then_serve_the_ou
         what="ModelService serving the training output Ready",
     )
 
+    # A later successful run of the same TrainingJob rolls the ModelService forward to it.
+    def served_run() -> str:
+        template = get(cluster, "deployment", "served", "-n", namespace)["spec"]["template"]
+        return env_of(template)["KUBEMAAS_MODEL_RUN"]
+
+    first_run = served_run()
+    cluster.kubectl("delete", "trainingjob", "mnist", "-n", namespace)
+    apply(
+        cluster,
+        namespace,
+        training_job("mnist", workers=2, gpu={"count": 4}, output={"pvc": "models", "path": "mnist"}),
+    )
+    for pod in eventually(
+        lambda: running(cluster, namespace, "mnist-r0", 2), what="the second run's workers"
+    ):
+        annotate(cluster, namespace, pod, "kubemaas.io/sim-complete=true")
+    eventually(lambda: served_run() != first_run, timeout=60, what="the servers rolled to the second run")
+    cluster.kubectl(
+        "wait", "--for=condition=Ready", "ms/served", "-n", namespace, "--timeout=60s", timeout=70
+    )
+
 
 def test_a_group_that_cannot_fit_never_starts_a_pod_and_says_why(
     operator: OperatorProcess, namespace: str

@@ -4,7 +4,13 @@ from typing import Any
 
 import pytest
 
-from kubemaas_operator.builders import build_children, build_deployment, pod_template, revision_of
+from kubemaas_operator.builders import (
+    ResolvedModel,
+    build_children,
+    build_deployment,
+    pod_template,
+    revision_of,
+)
 from kubemaas_operator.settings import OperatorSettings, settings_from_env
 from kubemaas_operator.spec import ModelUri, SpecError, UriScheme, parse_model_service
 
@@ -236,3 +242,16 @@ def test_turning_tls_on_is_a_new_revision() -> None:
     plain = revision_of(pod_template(parse_model_service(body(), SETTINGS)))
     tls = revision_of(pod_template(parse_model_service(body(tls={"secretName": "c"}), SETTINGS)))
     assert plain != tls
+
+
+def test_a_new_successful_training_run_is_a_new_revision_of_the_model_service_serving_it() -> None:
+    spec = parse_model_service(body(model={"uri": "trainingjob://mnist"}), SETTINGS)
+    first = pod_template(spec, ResolvedModel("pvc://models/mnist", "uid-1/2026-11-30T01:00:00Z"))
+    again = pod_template(spec, ResolvedModel("pvc://models/mnist", "uid-1/2026-11-30T01:00:00Z"))
+    rerun = pod_template(spec, ResolvedModel("pvc://models/mnist", "uid-2/2026-11-30T02:00:00Z"))
+    assert revision_of(first) == revision_of(again) != revision_of(rerun)
+    mount = first["spec"]["containers"][0]["volumeMounts"][0]
+    assert (mount["subPath"], first["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]) == (
+        "mnist",
+        "models",
+    )

@@ -103,52 +103,44 @@ class Kinds(torch.nn.Module):
 
 KIND_TYPES = ["BOOL", "INT8", "INT16", "INT32", "UINT8", "FP16", "BF16", "FP64"]
 
+# Signatures of the repository's models that tests build requests from (the fuzzer among them).
+MLP = ModelConfig(
+    "mlp", inputs=(spec("input", "FP32", [16]),), outputs=(spec("output", "FP32", [4]),), max_batch_size=8
+)
+INTS = ModelConfig(
+    "ints",
+    inputs=(spec("x", "INT64", [4]),),
+    outputs=(spec("doubled", "INT64", [4]), spec("total", "INT64", [1])),
+    max_batch_size=16,
+)
+TEXT = ModelConfig(
+    "text",
+    inputs=(spec("text", "BYTES", [1]),),
+    outputs=(spec("length", "INT64", [1]), spec("upper", "BYTES", [1])),
+    max_batch_size=8,
+)
+ROWSUM = ModelConfig("rowsum", inputs=(spec("x", "FP64", [-1, 3]),), outputs=(spec("y", "FP64", [3]),))
+KINDS = ModelConfig(
+    "kinds",
+    inputs=tuple(spec(f"in_{t.lower()}", t, [2]) for t in KIND_TYPES),
+    outputs=tuple(spec(f"out_{t.lower()}", t, [2]) for t in KIND_TYPES),
+    max_batch_size=4,
+)
+BROKEN = ModelConfig(
+    "broken", inputs=(spec("x", "FP32", [2]),), outputs=(spec("y", "FP32", [2]),), max_batch_size=4
+)
+# The version each of them serves (mlp has two; the highest is served).
+SERVED_VERSIONS = {"mlp": "2", "ints": "1", "text": "1", "rowsum": "1", "kinds": "1", "broken": ""}
+
 
 def build_repository(root: Path) -> Path:
     """Every test model, plus a broken one, in one repository."""
     torch.manual_seed(0)
-    save_model(
-        root,
-        ModelConfig(
-            "mlp",
-            inputs=(spec("input", "FP32", [16]),),
-            outputs=(spec("output", "FP32", [4]),),
-            max_batch_size=8,
-        ),
-        Mlp([16, 32, 4]),
-    )
+    save_model(root, MLP, Mlp([16, 32, 4]))
     # Version 1 of mlp is older; version 2 must be served (a differently seeded net).
-    save_model(
-        root,
-        ModelConfig(
-            "mlp",
-            inputs=(spec("input", "FP32", [16]),),
-            outputs=(spec("output", "FP32", [4]),),
-            max_batch_size=8,
-        ),
-        Mlp([16, 32, 4]),
-        version=2,
-    )
-    save_model(
-        root,
-        ModelConfig(
-            "ints",
-            inputs=(spec("x", "INT64", [4]),),
-            outputs=(spec("doubled", "INT64", [4]), spec("total", "INT64", [1])),
-            max_batch_size=16,
-        ),
-        IntAffine(),
-    )
-    save_model(
-        root,
-        ModelConfig(
-            "text",
-            inputs=(spec("text", "BYTES", [1]),),
-            outputs=(spec("length", "INT64", [1]), spec("upper", "BYTES", [1])),
-            max_batch_size=8,
-        ),
-        Text(),
-    )
+    save_model(root, MLP, Mlp([16, 32, 4]), version=2)
+    save_model(root, INTS, IntAffine())
+    save_model(root, TEXT, Text())
     save_model(
         root,
         ModelConfig(
@@ -171,29 +163,10 @@ def build_repository(root: Path) -> Path:
         ),
         Slow(),
     )
-    save_model(
-        root,
-        ModelConfig("rowsum", inputs=(spec("x", "FP64", [-1, 3]),), outputs=(spec("y", "FP64", [3]),)),
-        RowSum(),
-    )
-    save_model(
-        root,
-        ModelConfig(
-            "kinds",
-            inputs=tuple(spec(f"in_{t.lower()}", t, [2]) for t in KIND_TYPES),
-            outputs=tuple(spec(f"out_{t.lower()}", t, [2]) for t in KIND_TYPES),
-            max_batch_size=4,
-        ),
-        Kinds(),
-    )
+    save_model(root, ROWSUM, RowSum())
+    save_model(root, KINDS, Kinds())
     broken = root / "broken"
-    save_model(
-        root,
-        ModelConfig(
-            "broken", inputs=(spec("x", "FP32", [2]),), outputs=(spec("y", "FP32", [2]),), max_batch_size=4
-        ),
-        Poison(),
-    )
+    save_model(root, BROKEN, Poison())
     (broken / "1" / "model.pt").write_bytes(b"this is not a TorchScript archive")
     return root
 

@@ -207,10 +207,12 @@ def test_with_no_restarts_left_a_failure_ends_the_job_failed(
         ("workers", 0, "workers must be at least 1"),
         ("procsPerWorker", 0, "procsPerWorker must be at least 1"),
         ("maxRestarts", -1, "maxRestarts must not be negative"),
+        ("output", {"pvc": "models", "path": "../../etc"}, "output.path must not contain '..' path segments"),
+        ("resources", {"requests": {"nvidia.com/gpu": 1}}, "cannot be overcommitted"),
     ],
 )
 def test_bad_training_jobs_are_refused_with_the_rule_message(
-    operator_installed: LocalCluster, namespace: str, field: str, value: int, message: str
+    operator_installed: LocalCluster, namespace: str, field: str, value: object, message: str
 ) -> None:
     result = operator_installed.kubectl(
         "apply",

@@ -174,8 +174,10 @@ class ConcurrencyAutoscaler:
         self._target = target
         self._scaled = scaled
         self._post_event = post_event
-        self._fetcher = MetricsFetcher() if fetch is None else None
-        self._fetch: Fetch = fetch or self._fetcher  # type: ignore[assignment]
+        self._fetcher: MetricsFetcher | None = None  # ours to close
+        if fetch is None:
+            self._fetcher = fetch = MetricsFetcher()
+        self._fetch: Fetch = fetch
         self._clock = clock
         self.states: dict[Key, WindowState] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}

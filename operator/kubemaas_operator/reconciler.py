@@ -4,11 +4,13 @@ kopf delivers watch events (handlers.py); this module keeps the latest body of e
 ModelService and a cache of their children, and runs one asyncio task per ModelService that
 wakes on any change to it or its children (and every RESYNC_SECONDS as a backstop):
 parse -> build children (pure) -> apply what drifted -> compute status (pure) -> write status
-only when it changed. The concurrency autoscaler (autoscaler_loop.py) hands its decisions in
-here (`on_scaled`): this loop is the only writer of a ModelService's status, so a scale
-decision and a status write never overwrite each other. No kopf change-handlers means no kopf annotations or finalizers on the
+only when it changed. No kopf change-handlers means no kopf annotations or finalizers on the
 user's object: a GitOps tool applying the same ModelService sees nothing of ours in it, and
 deleting it never waits for the operator.
+
+The concurrency autoscaler (autoscaler_loop.py) hands its decisions in here (`on_scaled`):
+this loop is the only writer of a ModelService's status, so a scale decision and a status
+write never overwrite each other.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ class Reconciler:
         # (possibly older) status in `bodies` until the ModelService is deleted or leaves
         # concurrency mode. After a restart status.desiredReplicas carries it.
         self.scaled: dict[Key, ScaleRecord] = {}
+        # Deployments whose replica count this process has handed to an HPA (metric cpu).
+        self._handed_over: set[tuple[str, str]] = set()
         self.autoscaler = ConcurrencyAutoscaler(
             settings, target=self.autoscale_target, scaled=self.on_scaled, post_event=self._post_scale_event
         )
@@ -153,6 +157,7 @@ class Reconciler:
             self._wakes.pop(key, None)
             self.scaled.pop(key, None)
             self.autoscaler.forget(key)
+            self._handed_over.discard(key)
             return
         self.bodies[key] = body
         self.wake(key)
@@ -436,8 +441,11 @@ class Reconciler:
     ) -> None:
         markers: dict[tuple[str, str], str] = {}
         for child in children:
-            if child["kind"] == "Deployment" and "replicas" not in child["spec"]:
-                await self._hand_replicas_over(key, child)
+            if child["kind"] == "Deployment":
+                if "replicas" not in child["spec"]:
+                    await self._hand_replicas_over(key, child)
+                else:
+                    self._handed_over.discard((spec.namespace, child["metadata"]["name"]))
             try:
                 result = await asyncio.to_thread(self.client.apply, child)
             except KubeApiError as err:
@@ -474,21 +482,26 @@ class Reconciler:
     async def _hand_replicas_over(self, key: Key, deployment: Manifest) -> None:
         """Before our apply leaves `spec.replicas` out, another field manager holds its value
         (see builders.replicas_handover). Not forced: if the HPA changed the count since our
-        cache saw it, the conflict means the HPA already owns it, which is the goal."""
-        cached = self.cache.deployments.get(key, {}).get(deployment["metadata"]["name"])
+        cache saw it, the conflict means the HPA already owns it, which is the goal. Once per
+        Deployment and process: later applies would only repeat it with a count that may lag
+        the HPA's."""
+        name = deployment["metadata"]["name"]
+        if (key[0], name) in self._handed_over:
+            return
+        cached = self.cache.deployments.get(key, {}).get(name)
         current = ((cached or {}).get("spec") or {}).get("replicas")
-        if not isinstance(current, int):
-            return  # a new Deployment: the HPA raises it to minReplicas
-        try:
-            await asyncio.to_thread(
-                self.client.apply,
-                replicas_handover(deployment, current),
-                field_manager=HPA_HANDOVER_MANAGER,
-                force=False,
-            )
-        except KubeApiError as err:
-            if err.status != 409:
-                raise
+        if isinstance(current, int):  # else a new Deployment: the HPA raises it to minReplicas
+            try:
+                await asyncio.to_thread(
+                    self.client.apply,
+                    replicas_handover(deployment, current),
+                    field_manager=HPA_HANDOVER_MANAGER,
+                    force=False,
+                )
+            except KubeApiError as err:
+                if err.status != 409:
+                    raise
+        self._handed_over.add((key[0], name))
 
     async def _write_status(
         self,

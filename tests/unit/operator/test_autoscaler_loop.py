@@ -440,3 +440,26 @@ def test_a_handover_conflict_means_the_hpa_already_owns_the_count() -> None:
     reconcile(client, cpu)
     assert "replicas" not in client.deployments()[-1]["spec"]
     assert "HorizontalPodAutoscaler" in [m["kind"] for m, _, _ in client.applied]
+
+
+def test_the_handover_happens_once_not_at_every_apply() -> None:
+    client = RecordingClient()
+
+    def cpu(loop: Reconciler) -> None:
+        loop.bodies[KEY] = body(autoscaling={"metric": "cpu"})
+        loop.cache.update(
+            "Deployment",
+            None,
+            {
+                "metadata": {
+                    "name": "mlp",
+                    "namespace": "ml",
+                    "labels": {"kubemaas.io/model-service": "mlp"},
+                },
+                "spec": {"replicas": 2},
+            },
+        )
+
+    reconcile(client, cpu, cpu, cpu)
+    assert [manager for _, manager, _ in client.applied].count(HPA_HANDOVER_MANAGER) == 1
+    assert len(client.deployments()) == 3

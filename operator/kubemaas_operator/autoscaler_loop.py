@@ -142,9 +142,11 @@ class MetricsFetcher:
         async with self._session.get(url, allow_redirects=False) as response:
             if response.status != 200:
                 raise MetricsError(f"GET {url} answered {response.status}")
-            body = await response.content.read(MAX_METRICS_BYTES + 1)
-            if len(body) > MAX_METRICS_BYTES:
-                raise MetricsError(f"GET {url} answered more than {MAX_METRICS_BYTES} bytes")
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > MAX_METRICS_BYTES:
+                    raise MetricsError(f"GET {url} answered more than {MAX_METRICS_BYTES} bytes")
             return body.decode("utf-8", errors="replace")
 
     async def close(self) -> None:

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import random
 from collections.abc import Mapping
 from typing import Any, cast
 
 import pytest
 
 from kubemaas_operator.autoscaler_loop import (
+    MAX_METRICS_BYTES,
     ConcurrencyAutoscaler,
+    MetricsFetcher,
     ScaleRecord,
     Target,
     metrics_url,
     sample_pods,
 )
-from kubemaas_operator.autoscaling import PodSample
+from kubemaas_operator.autoscaling import MetricsError, PodSample, in_flight_from_metrics
 from kubemaas_operator.builders import build_children, build_hpa
 from kubemaas_operator.clients import KubeApiError, KubeClient
 from kubemaas_operator.reconciler import HPA_HANDOVER_MANAGER, Reconciler, hpa_replicas
@@ -463,3 +466,56 @@ def test_the_handover_happens_once_not_at_every_apply() -> None:
     reconcile(client, cpu, cpu, cpu)
     assert [manager for _, manager, _ in client.applied].count(HPA_HANDOVER_MANAGER) == 1
     assert len(client.deployments()) == 3
+
+
+# --- the real fetcher, against a tiny HTTP server on a loopback address ------------------------
+
+
+def serve_once_per_connection(answer: bytes, *, delay: float = 0.0) -> Any:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(delay)
+            writer.write(answer)
+            await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client gave up first: the point of the slow case
+        finally:
+            writer.close()
+
+    return handle
+
+
+def http(status: str, body: bytes) -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return head.encode() + body
+
+
+def fetch_from(answer: bytes, *, delay: float = 0.0, timeout: float = 1.0) -> str | Exception:
+    """What MetricsFetcher makes of `answer`, served on a random 127.99.x.y:8002."""
+    ip = f"127.99.{random.randrange(1, 255)}.{random.randrange(1, 255)}"
+
+    async def go() -> str | Exception:
+        server = await asyncio.start_server(serve_once_per_connection(answer, delay=delay), ip, 8002)
+        fetcher = MetricsFetcher(timeout_seconds=timeout)
+        try:
+            return await fetcher(ip)
+        except Exception as err:
+            return err
+        finally:
+            await fetcher.close()
+            server.close()
+            await server.wait_closed()
+
+    return asyncio.run(go())
+
+
+def test_the_fetcher_reads_a_metrics_page_from_the_pod_ip() -> None:
+    assert in_flight_from_metrics(str(fetch_from(http("200 OK", page(3).encode()))), "mlp") == 3.0
+
+
+def test_the_fetcher_refuses_errors_slow_pods_and_oversized_pages() -> None:
+    assert isinstance(fetch_from(http("500 Internal Server Error", b"no")), MetricsError)
+    assert isinstance(fetch_from(http("200 OK", page(1).encode()), delay=1.0, timeout=0.2), TimeoutError)
+    huge = b"#" * (MAX_METRICS_BYTES + 10)
+    assert isinstance(fetch_from(http("200 OK", huge)), MetricsError)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemaas_operator.crd import API_VERSION
-from kubemaas_operator.spec import ModelServiceSpec, UriScheme
+from kubemaas_operator.spec import AutoscalingMetric, ModelServiceSpec, UriScheme
 
 Manifest = dict[str, Any]
 
@@ -205,20 +205,85 @@ REPLACE = {"maxSurge": 0, "maxUnavailable": 1}
 
 
 def build_deployment(
-    spec: ModelServiceSpec, replicas: int, resolved: ResolvedModel | None = None, *, replace: bool = False
+    spec: ModelServiceSpec,
+    replicas: int | None,
+    resolved: ResolvedModel | None = None,
+    *,
+    replace: bool = False,
 ) -> Manifest:
-    return {
+    """`replicas=None` leaves `spec.replicas` out, so the operator's field manager does not own
+    it: a HorizontalPodAutoscaler does (metric cpu)."""
+    deployment: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(spec, spec.name),
         "spec": {
-            "replicas": replicas,
             "selector": {"matchLabels": selector_labels(spec)},
             # Surge first: a new pod must be ready before an old one goes (zero unavailable).
             "strategy": {"type": "RollingUpdate", "rollingUpdate": dict(REPLACE if replace else SURGE)},
             "progressDeadlineSeconds": spec.progress_deadline_seconds,
             "revisionHistoryLimit": 5,
             "template": pod_template(spec, resolved),
+        },
+    }
+    if replicas is not None:
+        deployment["spec"]["replicas"] = replicas
+    return deployment
+
+
+def replicas_handover(deployment: Manifest, replicas: int) -> Manifest:
+    """The apply that hands `spec.replicas` over to a HorizontalPodAutoscaler.
+
+    With server-side apply, a field its only manager stops applying is removed: dropping
+    `replicas` from our Deployment would reset it to 1 until the HPA noticed. So, before our
+    first apply without it, a second field manager applies just the current count (the
+    Kubernetes docs' "transferring ownership" recipe); it keeps the value until the HPA's
+    controller writes its own.
+    """
+    meta = deployment["metadata"]
+    return {
+        "apiVersion": deployment["apiVersion"],
+        "kind": deployment["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": replicas},
+    }
+
+
+# The longest scale-down stabilization window autoscaling/v2 accepts.
+HPA_MAX_STABILIZATION_SECONDS = 3600
+
+
+def build_hpa(spec: ModelServiceSpec) -> Manifest:
+    """metric cpu: a standard HPA on the Deployment, `target` as average CPU utilization percent.
+
+    Utilization is relative to the pods' CPU requests, so `resources.requests.cpu` must be set
+    for the HPA to act. `scaleDownDelaySeconds` becomes the scale-down stabilization window
+    (at most an hour there). The HPA cannot scale to zero without a feature gate: its floor is 1.
+    """
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
+            "minReplicas": max(spec.min_replicas, 1),
+            "maxReplicas": spec.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": spec.autoscaling_target},
+                    },
+                }
+            ],
+            "behavior": {
+                "scaleDown": {
+                    "stabilizationWindowSeconds": min(
+                        spec.scale_down_delay_seconds, HPA_MAX_STABILIZATION_SECONDS
+                    )
+                }
+            },
         },
     }
 
@@ -309,12 +374,19 @@ def endpoint(spec: ModelServiceSpec) -> str:
 def build_children(
     spec: ModelServiceSpec, replicas: int, resolved: ResolvedModel | None = None, *, replace: bool = False
 ) -> list[Manifest]:
-    """Every child the ModelService should have now; a PDB only when more than one replica runs."""
+    """Every child the ModelService should have now; a PDB only when more than one replica runs.
+
+    With metric cpu an HPA owns the Deployment's replica count (`replicas` then only decides
+    the PDB); with concurrency the operator sets it.
+    """
+    hpa = spec.autoscaling_metric is AutoscalingMetric.CPU
     children = [
-        build_deployment(spec, replicas, resolved, replace=replace),
+        build_deployment(spec, None if hpa else replicas, resolved, replace=replace),
         build_service(spec),
         build_network_policy(spec),
     ]
+    if hpa:
+        children.append(build_hpa(spec))
     if replicas > 1:
         children.append(build_pdb(spec))
     return children

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -64,13 +65,14 @@ def parser() -> argparse.ArgumentParser:
 
 def resolve_settings(args: argparse.Namespace, env: dict[str, str]) -> OperatorSettings:
     base = settings_from_env(env)
-    return OperatorSettings(
+    # replace(): settings that have no flag (the autoscaler's period and windows) keep the env's.
+    return dataclasses.replace(
+        base,
         default_image=args.default_image or base.default_image,
         default_trainer_image=args.default_trainer_image or base.default_trainer_image,
         gpu_resource=args.gpu_resource or base.gpu_resource,
         namespaces=tuple(args.namespace) or base.namespaces,
         allow_file_uris=args.dev_allow_file_uris or base.allow_file_uris,
-        field_manager=base.field_manager,
         gpu_surge_grace_seconds=(
             args.gpu_surge_grace_seconds
             if args.gpu_surge_grace_seconds is not None

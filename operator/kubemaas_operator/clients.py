@@ -9,6 +9,7 @@ a thread from the async handlers.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import re
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ PLURALS: Final[dict[tuple[str, str], str]] = {
     ("apps/v1", "Deployment"): "deployments",
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
@@ -115,13 +117,19 @@ class KubeClient:
         data: Manifest = json.loads(response.data)
         return data
 
-    def apply(self, manifest: Mapping[str, Any]) -> Manifest:
+    def apply(
+        self, manifest: Mapping[str, Any], *, field_manager: str | None = None, force: bool = True
+    ) -> Manifest:
+        """Server-side apply; forced under our own field manager unless told otherwise."""
         meta = manifest["metadata"]
         path = resource_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        query = [("fieldManager", field_manager or self.field_manager)]
+        if force:
+            query.append(("force", "true"))
         result = self.request(
             "PATCH",
             path,
-            query=[("fieldManager", self.field_manager), ("force", "true")],
+            query=query,
             body=apply_patch_body(manifest),
             content_type="application/apply-patch+yaml",
         )
@@ -159,6 +167,36 @@ class KubeClient:
             body={"status": dict(status)},
             content_type="application/merge-patch+json",
         )
+
+    def post_event(
+        self,
+        involved: Mapping[str, Any],
+        *,
+        reason: str,
+        message: str,
+        event_type: str = "Normal",
+        component: str = "kubemaas-operator",
+    ) -> None:
+        """A core/v1 Event about `involved` ({apiVersion, kind, name, namespace, uid}), as
+        `kubectl describe` and `kubectl events` show them."""
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        namespace = involved["namespace"]
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
+            "involvedObject": dict(involved),
+            "reason": reason,
+            "message": message[:1024],
+            "type": event_type,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "reportingInstance": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.request("POST", resource_path("v1", "Event", namespace), body=event)
 
 
 def _error(status: int, reason: str, body: str) -> KubeApiError:

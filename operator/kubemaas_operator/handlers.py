@@ -101,6 +101,11 @@ async def network_policy_listed(body: kopf.Body, **_: Any) -> None:
     reconciler().cache.update("NetworkPolicy", None, trimmed(body))
 
 
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
+async def hpa_listed(body: kopf.Body, **_: Any) -> None:
+    reconciler().cache.update("HorizontalPodAutoscaler", None, trimmed(body))
+
+
 @kopf.index("v1", "pods", labels=CHILD_LABELS)
 async def pod_listed(body: kopf.Body, **_: Any) -> None:
     reconciler().cache.update("Pod", None, trimmed(body))
@@ -124,6 +129,11 @@ async def pdb_event(type: str | None, body: kopf.Body, **_: Any) -> None:
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
 async def network_policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     reconciler().on_child("NetworkPolicy", type, trimmed(body))
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
+async def hpa_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    reconciler().on_child("HorizontalPodAutoscaler", type, trimmed(body))
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)

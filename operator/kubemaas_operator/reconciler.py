@@ -7,11 +7,16 @@ parse -> build children (pure) -> apply what drifted -> compute status (pure) ->
 only when it changed. No kopf change-handlers means no kopf annotations or finalizers on the
 user's object: a GitOps tool applying the same ModelService sees nothing of ours in it, and
 deleting it never waits for the operator.
+
+The concurrency autoscaler (autoscaler_loop.py) hands its decisions in here (`on_scaled`):
+this loop is the only writer of a ModelService's status, so a scale decision and a status
+write never overwrite each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubemaas.logs import kv
+from kubemaas_operator.autoscaler_loop import ConcurrencyAutoscaler, ScaleRecord, Target
 from kubemaas_operator.autoscaling import split_replicas
 from kubemaas_operator.builders import (
     MODEL_SERVICE_LABEL,
@@ -27,16 +33,24 @@ from kubemaas_operator.builders import (
     ResolvedModel,
     build_canary_deployment,
     build_children,
+    build_hpa,
     build_pdb,
     endpoint,
     pod_template,
+    replicas_handover,
     revision_of,
 )
 from kubemaas_operator.clients import KubeApiError, KubeClient
 from kubemaas_operator.crd import API_VERSION
 from kubemaas_operator.rollback import choose_revision
 from kubemaas_operator.settings import OperatorSettings
-from kubemaas_operator.spec import ModelServiceSpec, SpecError, UriScheme, parse_model_service
+from kubemaas_operator.spec import (
+    AutoscalingMetric,
+    ModelServiceSpec,
+    SpecError,
+    UriScheme,
+    parse_model_service,
+)
 from kubemaas_operator.status import (
     ComputedStatus,
     Condition,
@@ -57,6 +71,10 @@ Body = Mapping[str, Any]
 
 RESYNC_SECONDS = 120.0
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+# The field manager that holds a Deployment's replica count while it passes to an HPA.
+HPA_HANDOVER_MANAGER = "kubemaas-handover-to-hpa"
+# Status fields of the last scale decision, kept as they are by every status write.
+SCALE_FIELDS = ("lastScaleTime", "scaleReason", "autoscaler")
 
 
 @dataclass
@@ -67,6 +85,7 @@ class ChildCache:
     services: dict[Key, dict[str, Body]] = field(default_factory=dict)
     pdbs: dict[Key, dict[str, Body]] = field(default_factory=dict)
     network_policies: dict[Key, dict[str, Body]] = field(default_factory=dict)
+    hpas: dict[Key, dict[str, Body]] = field(default_factory=dict)
     pods: dict[Key, dict[str, Body]] = field(default_factory=dict)
 
     def table(self, kind: str) -> dict[Key, dict[str, Body]]:
@@ -75,6 +94,7 @@ class ChildCache:
             "Service": self.services,
             "PodDisruptionBudget": self.pdbs,
             "NetworkPolicy": self.network_policies,
+            "HorizontalPodAutoscaler": self.hpas,
             "Pod": self.pods,
         }[kind]
 
@@ -103,6 +123,7 @@ class Applied:
     generation: int
     markers: dict[tuple[str, str], str]  # (kind, name) -> version marker after our apply
     mode: tuple[bool, str] = (False, "")  # (replacing instead of surging, revision served)
+    replicas: int | None = None  # the desired count the children were built for
 
 
 class Reconciler:
@@ -114,6 +135,15 @@ class Reconciler:
         self.applied: dict[Key, Applied] = {}
         self._wakes: dict[Key, asyncio.Event] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
+        # The concurrency autoscaler's latest decision per ModelService; it wins over the
+        # (possibly older) status in `bodies` until the ModelService is deleted or leaves
+        # concurrency mode. After a restart status.desiredReplicas carries it.
+        self.scaled: dict[Key, ScaleRecord] = {}
+        # Deployments whose replica count this process has handed to an HPA (metric cpu).
+        self._handed_over: set[tuple[str, str]] = set()
+        self.autoscaler = ConcurrencyAutoscaler(
+            settings, target=self.autoscale_target, scaled=self.on_scaled, post_event=self._post_scale_event
+        )
 
     # --- events in -------------------------------------------------------------------------
 
@@ -126,6 +156,9 @@ class Reconciler:
             if task:
                 task.cancel()
             self._wakes.pop(key, None)
+            self.scaled.pop(key, None)
+            self.autoscaler.forget(key)
+            self._handed_over.discard(key)
             return
         self.bodies[key] = body
         self.wake(key)
@@ -140,7 +173,47 @@ class Reconciler:
     def wake(self, key: Key) -> None:
         self._wakes.setdefault(key, asyncio.Event()).set()
 
+    def on_scaled(self, key: Key, record: ScaleRecord) -> None:
+        """The autoscaler changed the count: apply it and write it to status."""
+        if key in self.bodies:
+            self.scaled[key] = record
+            self.wake(key)
+
+    def autoscale_target(self, key: Key) -> Target | None:
+        """The autoscaler's inputs for one round: spec, the count asked for now, the pods."""
+        body = self.bodies.get(key)
+        if body is None:
+            return None
+        try:
+            spec = parse_model_service(body, self.settings)
+        except (SpecError, KeyError, ValueError):
+            return None
+        return Target(
+            spec=spec,
+            current_replicas=desired_replicas(spec, self._status(key, body)),
+            pods=list(self.cache.pods.get(key, {}).values()),
+        )
+
+    def _status(self, key: Key, body: Body) -> dict[str, Any]:
+        """The ModelService's status with the autoscaler's latest decision on top."""
+        status = dict(body.get("status") or {})
+        record = self.scaled.get(key)
+        if record is not None:
+            status.update(record.status_fields())
+        return status
+
+    async def _post_scale_event(self, spec: ModelServiceSpec, reason: str, message: str) -> None:
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": "ModelService",
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "uid": spec.uid,
+        }
+        await asyncio.to_thread(self.client.post_event, involved, reason=reason, message=message)
+
     async def stop(self) -> None:
+        await self.autoscaler.stop()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -186,13 +259,19 @@ class Reconciler:
             await self._write_status(body, _invalid_spec(str(err)), desired=0, revision="")
             return
         resolved, waiting = await self._model_source(spec)
-        desired = desired_replicas(spec, body.get("status") or {})
+        self.autoscaler.track(key, spec)
+        if spec.autoscaling_metric is AutoscalingMetric.CPU:
+            self.scaled.pop(key, None)  # the HPA decides now; status follows the Deployment
+            desired = hpa_replicas(spec, self.cache.deployments.get(key, {}).get(spec.name))
+        else:
+            desired = desired_replicas(spec, self._status(key, body))
+        scaling = spec  # autoscaling and bounds are not part of a revision: always the user's
         revision = ""
         previous = body.get("status") or {}
         rollout = dict(previous.get("rollout") or {})
         replace = False
         pods = list(self.cache.pods.get(key, {}).values())
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {name: self._status(key, body).get(name) for name in SCALE_FIELDS}
         rolled_back: dict[str, Any] | None = None
         now = dt.datetime.now(dt.UTC)
         if waiting is None:
@@ -271,12 +350,13 @@ class Reconciler:
                         "surge pod cannot be placed for lack of GPUs; replacing pods one at a time",
                         extra=kv(namespace=key[0], name=key[1], revision=revision, scheduler=blocked.message),
                     )
+            spec = with_scaling_of(spec, scaling)
             children = build_children(spec, desired - canary_replicas, resolved, replace=replace)
             if canary is not None:
                 children.append(canary)
-            if force or self._drifted(key, spec, children, (replace, revision)):
+            if force or self._drifted(key, spec, children, (replace, revision), desired):
                 try:
-                    await self._apply(key, spec, children, (replace, revision))
+                    await self._apply(key, spec, children, (replace, revision), desired)
                 except ChildRejected as err:
                     # Retrying cannot help: the spec must change. Say so where the user looks.
                     log.warning(
@@ -330,10 +410,20 @@ class Reconciler:
         return ResolvedModel(output, run), None
 
     def _drifted(
-        self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]], mode: tuple[bool, str]
+        self,
+        key: Key,
+        spec: ModelServiceSpec,
+        children: list[dict[str, Any]],
+        mode: tuple[bool, str],
+        replicas: int,
     ) -> bool:
         applied = self.applied.get(key)
-        if applied is None or applied.generation != spec.generation or applied.mode != mode:
+        if (
+            applied is None
+            or applied.generation != spec.generation
+            or applied.mode != mode
+            or applied.replicas != replicas
+        ):
             return True
         for child in children:
             cached = self.cache.table(child["kind"]).get(key, {}).get(child["metadata"]["name"])
@@ -344,10 +434,20 @@ class Reconciler:
         return False
 
     async def _apply(
-        self, key: Key, spec: ModelServiceSpec, children: list[dict[str, Any]], mode: tuple[bool, str]
+        self,
+        key: Key,
+        spec: ModelServiceSpec,
+        children: list[dict[str, Any]],
+        mode: tuple[bool, str],
+        replicas: int,
     ) -> None:
         markers: dict[tuple[str, str], str] = {}
         for child in children:
+            if child["kind"] == "Deployment":
+                if "replicas" not in child["spec"]:
+                    await self._hand_replicas_over(key, child)
+                else:
+                    self._handed_over.discard((spec.namespace, child["metadata"]["name"]))
             try:
                 result = await asyncio.to_thread(self.client.apply, child)
             except KubeApiError as err:
@@ -364,12 +464,46 @@ class Reconciler:
                 spec.namespace,
                 pdb["metadata"]["name"],
             )
+        if not any(c["kind"] == "HorizontalPodAutoscaler" for c in children) and self.cache.hpas.get(key):
+            # Back to the concurrency autoscaler: the HPA must not fight it over the count.
+            hpa = build_hpa(spec)
+            await asyncio.to_thread(
+                self.client.delete,
+                hpa["apiVersion"],
+                hpa["kind"],
+                spec.namespace,
+                hpa["metadata"]["name"],
+            )
         wanted = {c["metadata"]["name"] for c in children if c["kind"] == "Deployment"}
         for name in list(self.cache.deployments.get(key, {})):
             if name not in wanted:  # a canary that was promoted or rolled back
                 await asyncio.to_thread(self.client.delete, "apps/v1", "Deployment", spec.namespace, name)
-        self.applied[key] = Applied(generation=spec.generation, markers=markers, mode=mode)
+        self.applied[key] = Applied(generation=spec.generation, markers=markers, mode=mode, replicas=replicas)
         log.info("applied children", extra=kv(namespace=key[0], name=key[1], children=len(children)))
+
+    async def _hand_replicas_over(self, key: Key, deployment: Manifest) -> None:
+        """Before our apply leaves `spec.replicas` out, another field manager holds its value
+        (see builders.replicas_handover). Not forced: if the HPA changed the count since our
+        cache saw it, the conflict means the HPA already owns it, which is the goal. Once per
+        Deployment and process: later applies would only repeat it with a count that may lag
+        the HPA's."""
+        name = deployment["metadata"]["name"]
+        if (key[0], name) in self._handed_over:
+            return
+        cached = self.cache.deployments.get(key, {}).get(name)
+        current = ((cached or {}).get("spec") or {}).get("replicas")
+        if isinstance(current, int):  # else a new Deployment: the HPA raises it to minReplicas
+            try:
+                await asyncio.to_thread(
+                    self.client.apply,
+                    replicas_handover(deployment, current),
+                    field_manager=HPA_HANDOVER_MANAGER,
+                    force=False,
+                )
+            except KubeApiError as err:
+                if err.status != 409:
+                    raise
+        self._handed_over.add((key[0], name))
 
     async def _write_status(
         self,
@@ -421,6 +555,28 @@ def desired_replicas(spec: ModelServiceSpec, status: Mapping[str, Any]) -> int:
     if not isinstance(wanted, int):
         wanted = spec.min_replicas
     return max(spec.min_replicas, min(spec.max_replicas, wanted))
+
+
+def hpa_replicas(spec: ModelServiceSpec, deployment: Body | None) -> int:
+    """metric cpu: the count the HPA set on the Deployment, within the bounds; else the floor."""
+    current = ((deployment or {}).get("spec") or {}).get("replicas")
+    floor = max(spec.min_replicas, 1)
+    if not isinstance(current, int):
+        return floor
+    return max(floor, min(spec.max_replicas, current))
+
+
+def with_scaling_of(spec: ModelServiceSpec, user: ModelServiceSpec) -> ModelServiceSpec:
+    """`spec` (maybe the stable revision's, during a canary or after a rollback) with the
+    user's current autoscaling and bounds, which no revision carries."""
+    return dataclasses.replace(
+        spec,
+        min_replicas=user.min_replicas,
+        max_replicas=user.max_replicas,
+        autoscaling_metric=user.autoscaling_metric,
+        autoscaling_target=user.autoscaling_target,
+        scale_down_delay_seconds=user.scale_down_delay_seconds,
+    )
 
 
 def _invalid_spec(message: str, reason: str = "InvalidSpec") -> ComputedStatus:

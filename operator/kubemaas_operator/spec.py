@@ -22,6 +22,11 @@ class UriScheme(enum.StrEnum):
     FILE = "file"
 
 
+class AutoscalingMetric(enum.StrEnum):
+    CONCURRENCY = "concurrency"  # the operator's own autoscaler (autoscaler_loop.py)
+    CPU = "cpu"  # a HorizontalPodAutoscaler owns the Deployment's replicas
+
+
 class SpecError(ValueError):
     """The spec passed the CRD but cannot be served (e.g. file:// without the dev flag)."""
 
@@ -90,7 +95,7 @@ class ModelServiceSpec:
     canary_percent: int
     progress_deadline_seconds: int
     scheduling: Scheduling
-    autoscaling_metric: str = "concurrency"
+    autoscaling_metric: AutoscalingMetric = AutoscalingMetric.CONCURRENCY
     autoscaling_target: int = 8
     scale_down_delay_seconds: int = 300
     tls: TlsSpec | None = None
@@ -144,7 +149,7 @@ def parse_model_service(body: Mapping[str, Any], settings: OperatorSettings) -> 
             affinity=sched.get("affinity") or None,
             priority_class_name=sched.get("priorityClassName") or None,
         ),
-        autoscaling_metric=autoscaling.get("metric", "concurrency"),
+        autoscaling_metric=AutoscalingMetric(autoscaling.get("metric", "concurrency")),
         autoscaling_target=int(autoscaling.get("target", 8)),
         scale_down_delay_seconds=int(autoscaling.get("scaleDownDelaySeconds", 300)),
     )

@@ -57,6 +57,10 @@ compares them). A ClusterRole for every namespace, or a Role per watched namespa
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch]
+# metric cpu: an HPA per ModelService, deleted when it goes back to the concurrency autoscaler.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, delete]
 # TrainingJob attempts: one Indexed Job each, deleted when the group restarts.
 - apiGroups: [batch]
   resources: [jobs]
@@ -65,7 +69,7 @@ compares them). A ClusterRole for every namespace, or a Role per watched namespa
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# kopf reports handler failures as Events on the object.
+# kopf reports handler failures as Events on the object; the autoscaler reports each scale.
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

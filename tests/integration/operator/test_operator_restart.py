@@ -101,4 +101,10 @@ def test_a_restarted_operator_never_flips_a_ready_model_service_to_not_ready(
         # A Ready -> False -> Ready flap (children not listed yet at the first reconcile) would
         # have moved lastTransitionTime.
         assert ready == ready_since[name], f"{name}: Ready changed across the restart: {ready}"
-    assert "phase changed" not in operator.logs()[log_before:]
+    # Only this test's ModelServices: others, of namespaces still being deleted, may change.
+    flips = [
+        line
+        for line in operator.logs()[log_before:].splitlines()
+        if "phase changed" in line and f"namespace={namespace} " in line
+    ]
+    assert not flips, flips

@@ -52,7 +52,8 @@ def test_gpu_model_service_gets_deployment_service_pdb_on_gpu_nodes_and_becomes_
     pod_spec = deployment["spec"]["template"]["spec"]
     container = pod_spec["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "metrics"}
+    probe = container["readinessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/v2/health/ready", "metrics")
     assert container["args"][0] == "serve"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec["tolerations"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

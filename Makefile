@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help venv lint test test-unit test-integration demo tools cluster-up cluster-down \
-        bench-server bench-overload bench-operator bench-autoscaling protos kind-up images images-cuda kind-load clean
+        bench-server bench-overload bench-operator bench-autoscaling soak protos kind-up images images-cuda kind-load clean
 
 help:
 	@echo "make test   - lint, then the whole test suite (starts its own local control plane)"
@@ -68,6 +68,12 @@ bench-server: $(STAMP)
 # admitted latency; writes the "Past saturation" section of docs/benchmarks-server.md.
 bench-overload: $(STAMP)
 	$(BIN)/python benchmarks/bench_overload.py $(BENCH_OVERLOAD_ARGS)
+
+# 100,000 valid and malformed requests from reconnecting clients against a `kubemaas serve`
+# process; fails when an answer is wrong or its RSS or open descriptors grow; writes the
+# "Server soak" section of docs/reliability.md. SOAK_ARGS="--requests 20000 --no-write".
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak_server.py $(SOAK_ARGS)
 
 bench-autoscaling: $(STAMP)
 	$(BIN)/python benchmarks/bench_autoscaling.py

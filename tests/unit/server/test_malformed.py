@@ -158,6 +158,16 @@ CASES: dict[str, tuple[Callable[[], pb.ModelInferRequest], grpc.StatusCode, str]
     ),
     "input given twice": (lambda: duplicated_input(), Code.INVALID_ARGUMENT, "input 'input' given twice"),
     "unknown output": (lambda: requested_outputs("nope"), Code.INVALID_ARGUMENT, "unknown output 'nope'"),
+    "output requested twice": (
+        lambda: requested_outputs("output", "output"),
+        Code.INVALID_ARGUMENT,
+        "output 'output' requested twice",
+    ),
+    "model name of 100 000 characters": (
+        lambda: fp32_request([1, 16], model="\u00e9" * 100_000),
+        Code.NOT_FOUND,
+        "... (100000 characters) is not in this server's repository",
+    ),
     "typed FP16": (
         lambda: with_inputs("kinds", ("in_fp16", "FP16", [1, 2])),
         Code.INVALID_ARGUMENT,

@@ -52,7 +52,7 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     path.chmod(0o600)
 
 
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
+def name(common_name: str, organization: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
@@ -74,7 +74,7 @@ def _builder(
     )
 
 
-def _issue(
+def issue(
     directory: Path,
     stem: str,
     ca_key: ec.EllipticCurvePrivateKey,
@@ -106,13 +106,14 @@ def _issue(
     return pair
 
 
-def create_pki(directory: Path, *, service_ip: str) -> ClusterPki:
-    """Create every key and certificate the control plane needs under `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key = _key()
-    ca_subject = _name("kubemaas-local-ca")
-    ca_cert = (
-        _builder(ca_subject, ca_subject, ca_key.public_key())
+def new_authority(
+    directory: Path, stem: str, common_name: str
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Pair]:
+    """A self-signed CA, written to `directory/stem.{crt,key}`; its key issues with `issue`."""
+    key = _key()
+    subject = name(common_name)
+    cert = (
+        _builder(subject, subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -128,11 +129,18 @@ def create_pki(directory: Path, *, service_ip: str) -> ClusterPki:
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
-    ca = Pair(directory / "ca.crt", directory / "ca.key")
-    ca.cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(ca_key, ca.key)
+    pair = Pair(directory / f"{stem}.crt", directory / f"{stem}.key")
+    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, pair.key)
+    return key, cert, pair
+
+
+def create_pki(directory: Path, *, service_ip: str) -> ClusterPki:
+    """Create every key and certificate the control plane needs under `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert, ca = new_authority(directory, "ca", "kubemaas-local-ca")
 
     in_cluster = (
         "kubernetes",
@@ -140,12 +148,12 @@ def create_pki(directory: Path, *, service_ip: str) -> ClusterPki:
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
     )
-    apiserver = _issue(
+    apiserver = issue(
         directory,
         "apiserver",
         ca_key,
         ca_cert,
-        _name("kube-apiserver"),
+        name("kube-apiserver"),
         server_names=("localhost", *in_cluster),
         server_ips=("127.0.0.1", service_ip),
     )
@@ -161,12 +169,12 @@ def create_pki(directory: Path, *, service_ip: str) -> ClusterPki:
     return ClusterPki(
         ca=ca,
         apiserver=apiserver,
-        admin=_issue(directory, "admin", ca_key, ca_cert, _name("kubemaas-admin", "system:masters")),
-        controller_manager=_issue(
-            directory, "controller-manager", ca_key, ca_cert, _name("system:kube-controller-manager")
+        admin=issue(directory, "admin", ca_key, ca_cert, name("kubemaas-admin", "system:masters")),
+        controller_manager=issue(
+            directory, "controller-manager", ca_key, ca_cert, name("system:kube-controller-manager")
         ),
-        scheduler=_issue(directory, "scheduler", ca_key, ca_cert, _name("system:kube-scheduler")),
-        kwok=_issue(directory, "kwok", ca_key, ca_cert, _name("kwok-controller", "system:masters")),
+        scheduler=issue(directory, "scheduler", ca_key, ca_cert, name("system:kube-scheduler")),
+        kwok=issue(directory, "kwok", ca_key, ca_cert, name("kwok-controller", "system:masters")),
         service_account_key=sa_key_path,
         service_account_pub=sa_pub_path,
     )

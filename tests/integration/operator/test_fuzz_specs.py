@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -194,28 +194,46 @@ def assert_children_accepted(
             ) from None
 
 
-@FUZZ
-@given(spec=model_service_specs)
-def test_model_service_specs_are_refused_readably_or_become_valid_children(
-    client: KubeClient, spec: dict[str, Any]
+def model_service_children(created: dict[str, Any]) -> list[dict[str, Any]]:
+    parsed = parse_model_service(created, SETTINGS)
+    resolved = (
+        None
+        if parsed.uri.scheme != "trainingjob"
+        else ResolvedModel(f"pvc://models/{parsed.uri.target}", "uid/2026-01-01T00:00:00Z")
+    )
+    return build_children(parsed, desired_replicas(parsed, {}), resolved)
+
+
+def training_job_children(created: dict[str, Any]) -> list[dict[str, Any]]:
+    parsed = parse_training_job(created, SETTINGS)
+    return [build_worker_service(parsed), build_job(parsed, 0, suspend=True)]
+
+
+def check(
+    client: KubeClient,
+    kind: str,
+    spec: dict[str, Any],
+    children: Callable[[dict[str, Any]], list[dict[str, Any]]],
 ) -> None:
-    created = dry_run_create(client, "ModelService", spec)
+    created = dry_run_create(client, kind, spec)
     if isinstance(created, KubeApiError):
         assert_readable_refusal(created, spec)
         event("refused by the API server")
         return
     event("accepted: children built and dry-run applied")
     try:
-        parsed = parse_model_service(created, SETTINGS)
+        built = children(created)
     except SpecError:
         return  # reported in status as Failed/InvalidSpec, with this message
-    resolved = (
-        None
-        if parsed.uri.scheme != "trainingjob"
-        else ResolvedModel(f"pvc://models/{parsed.uri.target}", "uid/2026-01-01T00:00:00Z")
-    )
-    children = build_children(parsed, desired_replicas(parsed, {}), resolved)
-    assert_children_accepted(client, children, spec)
+    assert_children_accepted(client, built, spec)
+
+
+@FUZZ
+@given(spec=model_service_specs)
+def test_model_service_specs_are_refused_readably_or_become_valid_children(
+    client: KubeClient, spec: dict[str, Any]
+) -> None:
+    check(client, "ModelService", spec, model_service_children)
 
 
 @FUZZ
@@ -223,15 +241,4 @@ def test_model_service_specs_are_refused_readably_or_become_valid_children(
 def test_training_job_specs_are_refused_readably_or_become_valid_children(
     client: KubeClient, spec: dict[str, Any]
 ) -> None:
-    created = dry_run_create(client, "TrainingJob", spec)
-    if isinstance(created, KubeApiError):
-        assert_readable_refusal(created, spec)
-        event("refused by the API server")
-        return
-    event("accepted: children built and dry-run applied")
-    try:
-        parsed = parse_training_job(created, SETTINGS)
-    except SpecError:
-        return
-    children = [build_worker_service(parsed), build_job(parsed, 0, suspend=True)]
-    assert_children_accepted(client, children, spec)
+    check(client, "TrainingJob", spec, training_job_children)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 from bench_server import LOADGEN, Server, free_port
+from pages import replace_section
 
 from kubemaas_server.model_config import (
     DataType,
@@ -209,15 +210,7 @@ faster refusal. Absolute numbers move between runs on this machine.
 
 def write_section(text: str) -> None:
     """Replaces this benchmark's section of the server benchmark page (or appends it)."""
-    current = DOC.read_text() if DOC.exists() else "# Model server benchmark\n"
-    start = current.find(f"\n{SECTION}\n")
-    if start == -1:
-        updated = current.rstrip("\n") + "\n\n" + text
-    else:
-        following = current.find("\n## ", start + 1)
-        rest = current[following:] if following != -1 else ""
-        updated = current[: start + 1] + text.rstrip("\n") + "\n" + rest
-    DOC.write_text(updated)
+    replace_section(DOC, SECTION, text, new_page="# Model server benchmark\n")
     log(f"wrote the {SECTION!r} section of {DOC}")
 
 

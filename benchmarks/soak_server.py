@@ -54,6 +54,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
+from pages import replace_section
 
 from kubemaas_server.model_config import DataType, Device, ModelConfig, TensorSpec
 from kubemaas_server.proto import grpc_service_pb2 as pb
@@ -539,15 +540,7 @@ servicer); the other clients are served meanwhile.
 
 def write_section(text: str) -> None:
     """Replaces this script's section of docs/reliability.md (or appends it), keeping the rest."""
-    current = DOC.read_text() if DOC.exists() else DOC_INTRO
-    start = current.find(f"\n{SECTION}")
-    if start == -1:
-        updated = current.rstrip("\n") + "\n\n" + text
-    else:
-        following = current.find("\n## ", start + 1)
-        rest = current[following:] if following != -1 else ""
-        updated = current[: start + 1] + text.rstrip("\n") + "\n" + rest
-    DOC.write_text(updated)
+    replace_section(DOC, SECTION, text, new_page=DOC_INTRO)
     print(f"[soak] wrote the {SECTION!r} section of {DOC}", file=sys.stderr)
 
 

@@ -343,7 +343,7 @@ MODEL_SERVICE_DOCS = {
     "spec.autoscaling.scaleDownDelaySeconds": "Load must stay low this long before replicas are removed.",
     "spec.gpu": "GPUs per pod: a resource limit, the GPU taint's toleration and a product node selector.",
     "spec.resources": "corev1 ResourceRequirements of the server container, passed through.",
-    "spec.batching": "Dynamic batching of concurrent requests into one forward pass.",
+    "spec.batching": "Dynamic batching of concurrent requests into one forward pass. Validated but not yet passed to the servers: each model's model.yaml decides.",
     "spec.batching.maxBatchSize": "Most rows in one forward pass; 0 turns batching off.",
     "spec.batching.maxQueueDelayMs": "Longest a request waits for others to batch with; never added when the model is idle.",
     "spec.rollout": "How a spec change reaches the pods.",

@@ -144,6 +144,9 @@ def pod_template(spec: ModelServiceSpec, resolved: ResolvedModel | None = None) 
             f"--metrics-port={METRICS_PORT}",
             # Inside the pod's own network namespace: the pod IP is what the Service reaches.
             "--host=0.0.0.0",
+            # spec.batching over the model's model.yaml: a cap on rows per pass, and the wait.
+            f"--max-batch-size={spec.max_batch_size}",
+            f"--max-queue-delay-ms={spec.max_queue_delay_ms}",
         ],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},

@@ -2,7 +2,7 @@
 
 kubemaas serve --model-repository DIR [--grpc-port 8001] [--metrics-port 8002] [--host 127.0.0.1]
                [--max-message-bytes N] [--device auto|cpu|cuda] [--torch-threads N]
-               [--grace-seconds S] [--no-warm-up]
+               [--grace-seconds S] [--no-warm-up] [--max-batch-size N] [--max-queue-delay-ms MS]
                [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 
 Without the --tls-* flags the gRPC port is plaintext. The TLS files are checked before any
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from kubemaas.logs import setup_logging
-from kubemaas_server.model_config import Device
+from kubemaas_server.model_config import BatchingOverride, Device
 from kubemaas_server.tls import TlsConfigError, TlsFiles, load_server_tls
 
 
@@ -49,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace-seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may take"
     )
     parser.add_argument("--no-warm-up", action="store_true", help="skip the warm-up forward pass at load")
+    parser.add_argument(
+        "--max-batch-size",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="cap the rows merged into one forward pass for every batched model (0: no merging); "
+        "requests stay valid up to the model's own max_batch_size",
+    )
+    parser.add_argument(
+        "--max-queue-delay-ms",
+        type=_non_negative_float,
+        default=None,
+        metavar="MS",
+        help="every model's dynamic_batching.max_queue_delay_ms",
+    )
     tls = parser.add_argument_group(
         "TLS", "the gRPC port only; the metrics port stays plain HTTP for Prometheus and kubelet probes"
     )
@@ -61,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="mutual TLS: refuse clients without a certificate signed by this CA",
     )
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
 
 
 def tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsFiles | None:
@@ -99,6 +128,7 @@ def main(argv: list[str]) -> int:
         torch_threads=args.torch_threads,
         grace_seconds=args.grace_seconds,
         warm_up=not args.no_warm_up,
+        batching=BatchingOverride(args.max_batch_size, args.max_queue_delay_ms),
         tls=tls,
     )
     try:

@@ -99,6 +99,30 @@ class DynamicBatching:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchingOverride:
+    """What the deployment says about batching, over every model's own `model.yaml` (the
+    ModelService's `spec.batching` reaches the server this way).
+
+    `max_batch_size` caps the rows merged into one forward pass (0: every request runs alone);
+    it never makes a request invalid: which batch sizes a request may carry is the model's own
+    `max_batch_size`, and a request larger than the cap runs alone. `max_queue_delay_ms`
+    replaces the model's. None leaves the model's setting."""
+
+    max_batch_size: int | None = None
+    max_queue_delay_ms: float | None = None
+
+    def rows_per_pass(self, config: ModelConfig) -> int:
+        if self.max_batch_size is None or not config.batched:
+            return config.max_batch_size
+        return min(config.max_batch_size, self.max_batch_size)
+
+    def queue_delay_ms(self, config: ModelConfig) -> float:
+        if self.max_queue_delay_ms is None:
+            return config.dynamic_batching.max_queue_delay_ms
+        return self.max_queue_delay_ms
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     inputs: tuple[TensorSpec, ...]

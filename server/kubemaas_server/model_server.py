@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from kubemaas.logs import kv
 from kubemaas_server.http_endpoints import HttpEndpoints
 from kubemaas_server.metrics import ServerMetrics
-from kubemaas_server.model_config import Device
+from kubemaas_server.model_config import BatchingOverride, Device
 from kubemaas_server.proto import grpc_service_pb2 as pb
 from kubemaas_server.repository import ModelRegistry, load_repository
 from kubemaas_server.servicer import InferenceServicer, add_inference_service
@@ -59,6 +59,7 @@ class ServerOptions:
     warm_up: bool = True
     # None: plaintext gRPC. The metrics port is plain HTTP either way: kubelet probes it, and
     # kubelet's probes cannot speak TLS (nor can its `grpc:` probes reach a TLS gRPC port).
+    batching: BatchingOverride | None = None  # over every model's model.yaml (spec.batching)
     tls: ServerTls | None = None
 
 
@@ -98,6 +99,7 @@ class ModelServer:
             metrics=self.metrics,
             device=self.options.device,
             warm_up=self.options.warm_up,
+            batching=self.options.batching,
         )
         limit = self.options.max_message_bytes
         self._server = grpc.aio.server(

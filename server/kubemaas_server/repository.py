@@ -29,6 +29,7 @@ from kubemaas_server.errors import ErrorKind, InferenceError, quoted, shape_text
 from kubemaas_server.metrics import ServerMetrics
 from kubemaas_server.model_config import (
     MODEL_FILE,
+    BatchingOverride,
     DataType,
     Device,
     ModelConfig,
@@ -154,7 +155,12 @@ class ModelRegistry:
 
 
 def load_repository(
-    repository: Path, *, metrics: ServerMetrics, device: Device | None = None, warm_up: bool = True
+    repository: Path,
+    *,
+    metrics: ServerMetrics,
+    device: Device | None = None,
+    warm_up: bool = True,
+    batching: BatchingOverride | None = None,
 ) -> ModelRegistry:
     """Loads every model folder; failures become NOT ready entries, never exceptions."""
     if not repository.is_dir():
@@ -163,7 +169,13 @@ def load_repository(
     for model_dir in sorted(
         path for path in repository.iterdir() if path.is_dir() and not path.name.startswith(".")
     ):
-        model = _load_model(model_dir, metrics=metrics, device=device, warm_up=warm_up)
+        model = _load_model(
+            model_dir,
+            metrics=metrics,
+            device=device,
+            warm_up=warm_up,
+            batching=batching or BatchingOverride(),
+        )
         metrics.model_ready.labels(model=model.name).set(1 if model.ready else 0)
         if model.ready:
             log.info("model loaded", extra=kv(model=model.name, version=model.version))
@@ -186,7 +198,12 @@ def served_version(model_dir: Path) -> str:
 
 
 def _load_model(
-    model_dir: Path, *, metrics: ServerMetrics, device: Device | None, warm_up: bool
+    model_dir: Path,
+    *,
+    metrics: ServerMetrics,
+    device: Device | None,
+    warm_up: bool,
+    batching: BatchingOverride,
 ) -> ServedModel:
     name = model_dir.name
     config: ModelConfig | None = None
@@ -208,8 +225,8 @@ def _load_model(
     queue = BatchQueue(
         name,
         run,
-        max_batch_size=config.max_batch_size,
-        max_queue_delay_ms=config.dynamic_batching.max_queue_delay_ms,
+        max_batch_size=batching.rows_per_pass(config),
+        max_queue_delay_ms=batching.queue_delay_ms(config),
         preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
         max_queue_size=config.max_queue_size,
         queue_timeout_ms=config.dynamic_batching.default_queue_timeout_ms,

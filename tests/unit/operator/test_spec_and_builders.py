@@ -255,3 +255,12 @@ def test_a_new_successful_training_run_is_a_new_revision_of_the_model_service_se
         "mnist",
         "models",
     )
+
+
+def test_spec_batching_reaches_the_server_as_flags() -> None:
+    args = pod_template(
+        parse_model_service(body(batching={"maxBatchSize": 8, "maxQueueDelayMs": 5}), SETTINGS)
+    )["spec"]["containers"][0]["args"]
+    assert {"--max-batch-size=8", "--max-queue-delay-ms=5"} <= set(args)
+    defaults = pod_template(parse_model_service(body(), SETTINGS))["spec"]["containers"][0]["args"]
+    assert {"--max-batch-size=32", "--max-queue-delay-ms=2"} <= set(defaults)

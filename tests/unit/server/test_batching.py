@@ -7,12 +7,15 @@ import queue
 import re
 import urllib.request
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 import tritonclient.grpc as triton
 
-from .conftest import RunningServer
+from kubemaas_server.model_config import BatchingOverride, ModelConfig
+
+from .conftest import RunningServer, start_server, stop_server
 
 
 def scrape(served: RunningServer) -> str:
@@ -91,3 +94,39 @@ def test_a_request_that_makes_the_model_raise_does_not_fail_its_batch_mates(
         else:
             assert isinstance(result, triton.InferResult), result
             np.testing.assert_array_equal(result.as_numpy("y"), rows[index] * 2)
+
+
+def test_a_deployment_cap_limits_rows_per_pass_but_never_refuses_a_valid_request(repository: Path) -> None:
+    """`--max-batch-size 2` (the ModelService's spec.batching): passes of at most 2 rows from
+    many single-row callers, while a 6-row request, valid for the model (max 32), still runs."""
+    capped = start_server(repository, torch_threads=1, batching=BatchingOverride(max_batch_size=2))
+    try:
+        with triton.InferenceServerClient(capped.target) as client:
+            rng = np.random.default_rng(11)
+            rows = [rng.standard_normal((1, 8)).astype(np.float32) for _ in range(12)]
+            results = fire_concurrently(client, "slow", "x", rows)
+            assert all(isinstance(r, triton.InferResult) for r in results), results
+            big = rng.standard_normal((6, 8)).astype(np.float32)
+            (answer,) = fire_concurrently(client, "slow", "x", [big])
+            assert isinstance(answer, triton.InferResult), answer
+            assert answer.as_numpy("y").shape == (6, 8)
+        text = scrape(capped)
+        passes = sample(text, "kubemaas_batch_size_count", "slow")
+        within_two = sample(text, "kubemaas_batch_size_bucket", "slow", "2.0")
+        assert sample(text, "kubemaas_batch_size_sum", "slow") == 18
+        # Every pass but the 6-row request's merged at most 2 rows; some merged exactly 2.
+        assert within_two == passes - 1
+        assert passes < 12 + 1, "nothing was merged"
+    finally:
+        stop_server(capped)
+
+
+def test_batching_override_caps_only_batched_models_and_replaces_the_delay() -> None:
+    batched = ModelConfig("m", inputs=(), outputs=(), max_batch_size=32)
+    unbatched = ModelConfig("u", inputs=(), outputs=(), max_batch_size=0)
+    override = BatchingOverride(max_batch_size=4, max_queue_delay_ms=7.0)
+    assert (override.rows_per_pass(batched), override.rows_per_pass(unbatched)) == (4, 0)
+    assert BatchingOverride(max_batch_size=64).rows_per_pass(batched) == 32
+    assert BatchingOverride().rows_per_pass(batched) == 32
+    assert override.queue_delay_ms(batched) == 7.0
+    assert BatchingOverride().queue_delay_ms(batched) == batched.dynamic_batching.max_queue_delay_ms

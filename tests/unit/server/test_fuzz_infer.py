@@ -382,11 +382,14 @@ def duplicate_input(draw: st.DrawFn, request: Any, config: ModelConfig) -> Broke
 
 
 def drop_input(draw: st.DrawFn, request: Any, config: ModelConfig) -> Broken:
+    """Every copy of one input goes (a single copy would leave a duplicate's twin: valid)."""
     if request.inputs:
-        position = draw(st.integers(0, len(request.inputs) - 1))
-        del request.inputs[position]
-        if len(request.raw_input_contents) > position:
-            del request.raw_input_contents[position]
+        name = request.inputs[draw(st.integers(0, len(request.inputs) - 1))].name
+        for position in reversed(range(len(request.inputs))):
+            if request.inputs[position].name == name:
+                del request.inputs[position]
+                if len(request.raw_input_contents) > position:
+                    del request.raw_input_contents[position]
     return "content"
 
 

@@ -36,6 +36,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,23 +137,35 @@ def in_process_limit(model_file: Path, duration: float) -> Row:
     )
 
 
-def wait_ready(target: str, process: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
+def wait_ready(
+    target: str, process: subprocess.Popen[bytes], timeout: float = 180.0, *, models: Sequence[str] = ()
+) -> None:
+    """Until ServerReady, or, given `models`, until each of them is ready (for a repository
+    that holds a model meant to fail, where ServerReady stays false)."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
-        ready = channel.unary_unary(
+        server_ready = channel.unary_unary(
             "/inference.GRPCInferenceService/ServerReady",
             request_serializer=pb.ServerReadyRequest.SerializeToString,
             response_deserializer=pb.ServerReadyResponse.FromString,
+        )
+        model_ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelReady",
+            request_serializer=pb.ModelReadyRequest.SerializeToString,
+            response_deserializer=pb.ModelReadyResponse.FromString,
         )
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode} before it was ready")
             try:
-                if ready(pb.ServerReadyRequest(), timeout=2).ready:
+                if models:
+                    if all(model_ready(pb.ModelReadyRequest(name=name), timeout=2).ready for name in models):
+                        return
+                elif server_ready(pb.ServerReadyRequest(), timeout=2).ready:
                     return
             except grpc.RpcError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
     raise TimeoutError(f"server at {target} not ready after {timeout} s")
 
 

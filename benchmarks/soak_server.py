@@ -54,6 +54,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
+from bench_server import wait_ready
 from pages import replace_section
 
 from kubemaas_server.model_config import DataType, Device, ModelConfig, TensorSpec
@@ -68,6 +69,8 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 MAX_MESSAGE_BYTES = 1024 * 1024
 ABANDON_AFTER_S = 0.005  # the deadline of the abandoned requests: most expire queued or computing
 SAMPLE_EVERY_S = 0.5
+# Every model that should load (`broken` never does, so ServerReady stays false).
+READY_MODELS = ("mlp", "ints", "text", "picky")
 
 
 class Mlp(torch.nn.Module):
@@ -245,30 +248,6 @@ class Sample:
     fds: int
 
 
-def wait_ready(target: str, process: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
-    """Until every model that should load is ready (ServerReady stays false: `broken`)."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        ready = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelReady",
-            request_serializer=pb.ModelReadyRequest.SerializeToString,
-            response_deserializer=pb.ModelReadyResponse.FromString,
-        )
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode} before it was ready")
-            try:
-                if all(
-                    ready(pb.ModelReadyRequest(name=name), timeout=2).ready
-                    for name in ("mlp", "ints", "text", "picky")
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"server at {target} not ready after {timeout} s")
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -437,7 +416,7 @@ def run_soak(args: argparse.Namespace, work: Path) -> Result:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
     try:
-        wait_ready(target, process)
+        wait_ready(target, process, models=READY_MODELS)
         kinds = build_mix()
         order = schedule(kinds, args.requests)
         result = asyncio.run(drive(target, process.pid, kinds, order, args))

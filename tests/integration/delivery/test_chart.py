@@ -53,6 +53,23 @@ def helm(binaries: dict[str, Path], *args: str, check: bool = True) -> subproces
     return result
 
 
+def on_release(
+    cluster: LocalCluster, command: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`helm COMMAND RELEASE ...` against the test cluster, in the release's namespace."""
+    return helm(
+        cluster.binaries,
+        command,
+        RELEASE,
+        *args,
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "-n",
+        RELEASE_NS,
+        check=check,
+    )
+
+
 def render(binaries: dict[str, Path], *values: str, release: str = RELEASE) -> list[dict[str, Any]]:
     out = helm(binaries, "template", release, str(CHART), "-n", RELEASE_NS, "--include-crds", *values).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
@@ -219,15 +236,10 @@ def test_production_overlay_runs_two_spread_replicas_with_a_budget(binaries: dic
 @pytest.fixture(scope="module")
 def installed(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     cluster.kubectl("create", "namespace", WATCHED, check=False)
-    helm(
-        cluster.binaries,
+    on_release(
+        cluster,
         "install",
-        RELEASE,
         str(CHART),
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "-n",
-        RELEASE_NS,
         "--create-namespace",
         "--set",
         f"watchNamespaces={{{WATCHED}}}",
@@ -236,16 +248,7 @@ def installed(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -
         "2m",
     )
     yield cluster
-    helm(
-        cluster.binaries,
-        "uninstall",
-        RELEASE,
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "-n",
-        RELEASE_NS,
-        check=False,
-    )
+    on_release(cluster, "uninstall", check=False)
 
 
 @pytest.mark.integration
@@ -304,15 +307,10 @@ def test_helm_install_brings_the_operator_up_and_its_permissions_serve_a_model(
 @pytest.mark.integration
 def test_helm_upgrade_then_uninstall(installed: LocalCluster) -> None:
     cluster = installed
-    helm(
-        cluster.binaries,
+    on_release(
+        cluster,
         "upgrade",
-        RELEASE,
         str(CHART),
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "-n",
-        RELEASE_NS,
         "--reuse-values",
         "--set",
         "replicaCount=2",
@@ -324,21 +322,10 @@ def test_helm_upgrade_then_uninstall(installed: LocalCluster) -> None:
     assert deployment["spec"]["replicas"] == 2
     assert deployment["status"].get("availableReplicas") == 2
     assert get(cluster, "pdb", f"{RELEASE}-operator", "-n", RELEASE_NS)["spec"]["minAvailable"] == 1
-    history = helm(
-        cluster.binaries, "history", RELEASE, "--kubeconfig", str(cluster.kubeconfig), "-n", RELEASE_NS
-    )
+    history = on_release(cluster, "history")
     assert "deployed" in history.stdout.splitlines()[-1]
 
-    helm(
-        cluster.binaries,
-        "uninstall",
-        RELEASE,
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "-n",
-        RELEASE_NS,
-        "--wait",
-    )
+    on_release(cluster, "uninstall", "--wait")
     gone = cluster.kubectl("get", "deployment,pdb,sa", "-n", RELEASE_NS, "-o", "name").stdout
     assert f"{RELEASE}-operator" not in gone
     assert cluster.kubectl("get", "clusterrole", f"{RELEASE}-operator", check=False).returncode != 0

@@ -201,7 +201,7 @@ MODEL_SERVICE_SPEC: Schema = _obj(
             {
                 "metric": _str(enum=["concurrency", "cpu"], default="concurrency"),
                 "target": _int(1, default=8, description="In-flight requests per replica, or CPU percent."),
-                "scaleDownDelaySeconds": _int(0, 86400, default=300),
+                "scaleDownDelaySeconds": _int(0, 86400, default=60),
             },
             default={},
         ),

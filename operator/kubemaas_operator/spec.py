@@ -97,7 +97,7 @@ class ModelServiceSpec:
     scheduling: Scheduling
     autoscaling_metric: AutoscalingMetric = AutoscalingMetric.CONCURRENCY
     autoscaling_target: int = 8
-    scale_down_delay_seconds: int = 300
+    scale_down_delay_seconds: int = 60
     tls: TlsSpec | None = None
 
 
@@ -151,5 +151,5 @@ def parse_model_service(body: Mapping[str, Any], settings: OperatorSettings) -> 
         ),
         autoscaling_metric=AutoscalingMetric(autoscaling.get("metric", "concurrency")),
         autoscaling_target=int(autoscaling.get("target", 8)),
-        scale_down_delay_seconds=int(autoscaling.get("scaleDownDelaySeconds", 300)),
+        scale_down_delay_seconds=int(autoscaling.get("scaleDownDelaySeconds", 60)),
     )

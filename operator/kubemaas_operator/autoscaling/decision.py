@@ -24,9 +24,12 @@ The rules, in the order they apply:
    mode lasts one stable window past the last panicking round; during it nothing scales down.
 5. Scale-down happens only after `scale_down_delay_seconds` of sustained lower demand: every
    round within the delay wanted fewer replicas than now run, and the history covers the whole
-   delay. The new count is the largest wanted within the delay, and one step never removes more
-   than `max_scale_down_fraction` (half) of the replicas (at least one, so it makes progress).
-   While a ready pod's scrape failed the measured total is only a lower bound, so no scale-down.
+   delay. A round wants fewer only when fewer would still carry 10% more than the stable demand
+   (`scale_down_tolerance`, as the HPA's tolerance): a load that sits on a replica boundary
+   would otherwise go down and straight back up once per delay. The new count is the largest
+   wanted within the delay, and one step never removes more than `max_scale_down_fraction`
+   (half) of the replicas (at least one, so it makes progress). While a ready pod's scrape
+   failed the measured total is only a lower bound, so no scale-down.
 6. Bounds win: a count outside `[floor, maxReplicas]` (say after the user lowered maxReplicas)
    moves inside at once, whatever the windows say.
 """
@@ -79,8 +82,9 @@ class AutoscalingSpec:
     stable_window_seconds: float = 60.0
     panic_window_seconds: float = 6.0
     panic_threshold: float = 2.0
-    scale_down_delay_seconds: float = 300.0
+    scale_down_delay_seconds: float = 60.0
     max_scale_down_fraction: float = 0.5
+    scale_down_tolerance: float = 0.1
     target_utilization: float = 1.0
 
     def __post_init__(self) -> None:
@@ -107,6 +111,8 @@ class AutoscalingSpec:
             )
         if not 0 < self.max_scale_down_fraction <= 1:
             problems.append(f"max_scale_down_fraction must be in (0, 1], got {self.max_scale_down_fraction}")
+        if not 0 <= self.scale_down_tolerance < 1:
+            problems.append(f"scale_down_tolerance must be in [0, 1), got {self.scale_down_tolerance}")
         if not 0 < self.target_utilization <= 1:
             problems.append(f"target_utilization must be in (0, 1], got {self.target_utilization}")
         if problems:
@@ -135,6 +141,10 @@ class AutoscalingSpec:
         """ceil(in_flight / (target * utilization)) within the bounds."""
         per_replica = self.target * self.target_utilization
         return self.clamp(math.ceil(in_flight / per_replica - _CEIL_TOLERANCE))
+
+    def replicas_to_keep(self, in_flight: float) -> int:
+        """The count a scale-down may go to: enough for the demand plus the tolerance (rule 5)."""
+        return self.replicas_for(in_flight * (1 + self.scale_down_tolerance))
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +215,9 @@ def decide(state: WindowState, samples: Sequence[PodSample], spec: AutoscalingSp
     from_panic = panicking and panic_want > stable_want
     want = panic_want if from_panic else stable_want
     mode = Mode.PANIC if in_panic else Mode.STABLE
-    state = state.want(now, want, delay_seconds=spec.scale_down_delay_seconds)
+    # What the scale-down clock sees: a round only counts as lower demand beyond the tolerance.
+    keep = max(want, spec.replicas_to_keep(stable))
+    state = state.want(now, keep, delay_seconds=spec.scale_down_delay_seconds)
 
     def decision(replicas: int, reason: str) -> Decision:
         suffix = f"; left out {left_out}" if left_out else ""
@@ -247,6 +259,12 @@ def decide(state: WindowState, samples: Sequence[PodSample], spec: AutoscalingSp
             current,
             f"hold {current}: {stable_says}, but {unmeasured_ready} ready pod(s) went unmeasured; "
             "no scale-down on a partial count",
+        )
+    if keep >= current:
+        return decision(
+            current,
+            f"hold {current}: {stable_says}; {spec.scale_down_tolerance:.0%} more would need {keep} "
+            "(scale-down tolerance)",
         )
     delay = spec.scale_down_delay_seconds
     highest = state.max_wanted(now, delay)

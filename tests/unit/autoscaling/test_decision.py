@@ -137,11 +137,11 @@ def test_scale_down_waits_for_the_delay_of_sustained_lower_demand() -> None:
 
 
 def test_scale_down_goes_to_the_most_wanted_within_the_delay() -> None:
-    # 8 in flight wants 1 replica; one round of 60 at 50 s lifts the 60 s mean enough to want 2
-    # until it leaves the stable window at 110 s.
+    # 6 in flight wants 1 replica; one round of 60 at 50 s lifts the 60 s mean to 7.8, within the
+    # 10% tolerance of needing 2, until it leaves the stable window at 110 s.
     state, current, changes = WindowState(), 4, []
     for t in range(0, 240, 2):
-        total = 60.0 if t == 50 else 8.0
+        total = 60.0 if t == 50 else 6.0
         decision = decide(state, even(current, total), spec(current, scale_down_delay_seconds=100), float(t))
         if decision.changed:
             changes.append((t, decision.replicas))
@@ -291,3 +291,25 @@ def test_decisions_can_be_replayed_from_a_copied_state() -> None:
     first = run([(float(t), 50.0) for t in range(0, 20, 2)], current=2)
     copied = dataclasses.replace(first.state)
     assert decide(copied, even(7, 50), spec(7), 20.0) == decide(first.state, even(7, 50), spec(7), 20.0)
+
+
+def test_scale_down_keeps_room_for_ten_percent_more_demand() -> None:
+    # 39 in flight needs 5 of 8 (40 capacity) but 10% more (42.9) would need 6: 6 stay.
+    held = run([(float(t), 39.0) for t in range(0, 200, 2)], 6, scale_down_delay_seconds=0)
+    assert held.replicas == 6
+    assert held.reason == (
+        "hold 6: demand 39.0 in-flight over 60s needs 5; 10% more would need 6 (scale-down tolerance)"
+    )
+    # 36 in flight: 39.6 still fits 5, so the step happens.
+    lowered = run([(float(t), 36.0) for t in range(0, 200, 2)], 6, scale_down_delay_seconds=0)
+    assert lowered.replicas == 5
+    # Without the tolerance the same load steps down, which is what made boundary loads flap.
+    untolerant = run(
+        [(float(t), 39.0) for t in range(0, 200, 2)], 6, scale_down_delay_seconds=0, scale_down_tolerance=0
+    )
+    assert untolerant.replicas == 5
+
+
+def test_the_tolerance_never_delays_a_scale_up() -> None:
+    decision = decide(WindowState(), even(5, 40.5), spec(5, scale_down_tolerance=0.5), now=0.0)
+    assert decision.replicas == 6

@@ -21,6 +21,7 @@ from kubemaas_operator.autoscaling.traces import (
     standard_traces,
     step_trace,
 )
+from kubemaas_operator.crd import model_service_crd
 
 ROOT = Path(__file__).resolve().parents[3]
 BEGIN, END = "<!-- bench-autoscaling:begin -->", "<!-- bench-autoscaling:end -->"
@@ -35,10 +36,12 @@ def changes(result: SimulationResult, *, after: int = 0) -> list[tuple[int, int,
     ]
 
 
+@pytest.mark.parametrize("delay", [0.0, 60.0, 300.0])
 @pytest.mark.parametrize(("level", "seed"), [(40.0, 4), (40.0, 11), (36.0, 4), (52.0, 7)])
-def test_a_noisy_constant_load_does_not_flap(level: float, seed: int) -> None:
+def test_a_noisy_constant_load_does_not_flap(level: float, seed: int, delay: float) -> None:
+    # Even with no scale-down delay: the 10% scale-down tolerance is what holds a boundary load.
     trace = noisy_constant_trace(level=level, noise=0.2, seed=seed)
-    result = simulate(trace, benchmark_spec())
+    result = simulate(trace, benchmark_spec(scale_down_delay_seconds=delay))
     # After the first stable window has filled, at most one correction and no oscillation.
     settled = changes(result, after=60)
     assert len(settled) <= 2, settled
@@ -58,8 +61,13 @@ def test_a_10x_spike_reaches_the_needed_replicas_within_the_panic_window() -> No
     )
 
 
-def test_the_spike_trace_meets_its_targets_with_a_60_second_delay() -> None:
-    result = simulate(spike_trace(), benchmark_spec(scale_down_delay_seconds=60))
+def test_the_spike_trace_meets_its_targets_at_the_crd_default_delay() -> None:
+    schema = model_service_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    crd_default = schema["properties"]["spec"]["properties"]["autoscaling"]["properties"][
+        "scaleDownDelaySeconds"
+    ]
+    assert benchmark_spec().scale_down_delay_seconds == crd_default["default"]
+    result = simulate(spike_trace(), benchmark_spec())
     assert result.shortfall_share < 0.05
     assert result.ratio <= 1.3
 

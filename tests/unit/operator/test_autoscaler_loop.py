@@ -257,7 +257,9 @@ def test_metric_cpu_emits_an_hpa_on_the_deployment_and_leaves_it_the_replicas() 
             "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
         }
     ]
-    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert (
+        hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 60
+    )  # the default scaleDownDelaySeconds
 
 
 def test_the_hpa_never_asks_for_zero_replicas_or_an_overlong_window() -> None:

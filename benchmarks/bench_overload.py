@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bench_server import LOADGEN, Server, free_port
+from bench_server import Server, free_port
 from pages import replace_section
 
 from kubemaas_server.model_config import (
@@ -48,6 +48,8 @@ from kubemaas_server.repository import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENLOOP = ROOT / "benchmarks" / "server" / "openloop.py"
+# Capacity is measured by the Python closed-loop client, the same stack as the open-loop one.
+LOADGEN = ROOT / "benchmarks" / "server" / "loadgen.py"
 DOC = ROOT / "docs" / "benchmarks-server.md"
 SECTION = "## Past saturation"
 MODEL = "fixed"

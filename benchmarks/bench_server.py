@@ -49,6 +49,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
+from server.loadgen import build_request
 
 from kubemaas_server.model_config import DataType, Device, DynamicBatching, ModelConfig, TensorSpec
 from kubemaas_server.proto import grpc_service_pb2 as pb
@@ -207,13 +208,8 @@ def loadgen_binary() -> Path:
 
 def request_file(directory: Path, model: str) -> Path:
     """One serialized single-sample ModelInfer request (raw FP32 [1, features]) for `model`."""
-    features = MODELS[model][0]
-    data = np.random.default_rng(0).standard_normal((1, features)).astype(np.float32)
-    request = pb.ModelInferRequest(model_name=model)
-    request.inputs.add(name="input", datatype="FP32", shape=[1, features])
-    request.raw_input_contents.append(data.tobytes())
     path = directory / f"request-{model}.bin"
-    path.write_bytes(request.SerializeToString())
+    path.write_bytes(build_request(model, MODELS[model][0], "input"))
     return path
 
 

@@ -78,6 +78,14 @@ def decode_raw(name: str, datatype: DataType, shape: tuple[int, ...], raw: bytes
             f"input {name!r}: raw content has {len(raw)} bytes, expected {expected} "
             f"({count} {datatype.value} elements of shape {list(shape)})",
         )
+    if datatype == DataType.BOOL and raw.translate(None, b"\x00\x01"):
+        # numpy and torch would take any other byte as a bool holding that byte, which later
+        # arithmetic on it (`~`, sums) treats as neither True nor False.
+        at = int(np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) > 1)[0])
+        raise InferenceError(
+            ErrorKind.INVALID_ARGUMENT,
+            f"input {name!r}: BOOL elements are one byte each, 0 or 1; element {at} is {raw[at]}",
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

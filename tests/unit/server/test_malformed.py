@@ -180,6 +180,11 @@ CASES: dict[str, tuple[Callable[[], pb.ModelInferRequest], grpc.StatusCode, str]
         Code.INVALID_ARGUMENT,
         "input 'in_int8' has 2 rows, an earlier input has 1",
     ),
+    "BOOL byte other than 0 or 1": (
+        lambda: with_inputs("kinds", ("in_bool", "BOOL", [1, 2]), raw=[b"\x01\x02"]),
+        Code.INVALID_ARGUMENT,
+        "input 'in_bool': BOOL elements are one byte each, 0 or 1; element 1 is 2",
+    ),
     "BYTES length prefix past the end": (
         lambda: with_inputs("text", ("text", "BYTES", [1, 1]), raw=[struct.pack("<I", 10) + b"abc"]),
         Code.INVALID_ARGUMENT,

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -72,8 +72,23 @@ class ScaleRecord:
             "desiredReplicas": self.replicas,
             "lastScaleTime": self.time,
             "scaleReason": self.reason,
-            "autoscaler": {"mode": self.mode, "excluded": list(self.excluded)},
+            **AutoscalerView(self.mode, self.excluded).status_fields(),
         }
+
+
+class AutoscalerView(NamedTuple):
+    """How the latest round decided and which pods it left out: `status.autoscaler`.
+
+    It is reported whenever it changes, scale or no scale, so a pod whose scrape starts failing
+    shows up in status within a round; the numbers of each round are not, so an unchanged view
+    costs no status write.
+    """
+
+    mode: str
+    excluded: tuple[str, ...]
+
+    def status_fields(self) -> dict[str, Any]:
+        return {"autoscaler": {"mode": self.mode, "excluded": list(self.excluded)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +173,8 @@ class ConcurrencyAutoscaler:
     """One scrape-and-decide task per ModelService in concurrency mode.
 
     `target(key)` gives the round its inputs (None once the ModelService is gone), `scaled(key,
-    record)` takes a changed count, `post_event(spec, reason, message)` reports it. Tests drive
+    record)` takes a changed count, `post_event(spec, reason, message)` reports it, and
+    `observed(key, view)` takes a changed `AutoscalerView` when the count stays. Tests drive
     `run_round` directly with a fake `fetch` and `clock`.
     """
 
@@ -169,6 +185,7 @@ class ConcurrencyAutoscaler:
         target: Callable[[Key], Target | None],
         scaled: Callable[[Key, ScaleRecord], None],
         post_event: Callable[[ModelServiceSpec, str, str], Awaitable[None]],
+        observed: Callable[[Key, AutoscalerView], None] | None = None,
         fetch: Fetch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -176,12 +193,14 @@ class ConcurrencyAutoscaler:
         self._target = target
         self._scaled = scaled
         self._post_event = post_event
+        self._observed = observed
         self._fetcher: MetricsFetcher | None = None  # ours to close
         if fetch is None:
             self._fetcher = fetch = MetricsFetcher()
         self._fetch: Fetch = fetch
         self._clock = clock
         self.states: dict[Key, WindowState] = {}
+        self.views: dict[Key, AutoscalerView] = {}  # the last view reported per ModelService
         self._tasks: dict[Key, asyncio.Task[None]] = {}
 
     def track(self, key: Key, spec: ModelServiceSpec) -> None:
@@ -198,6 +217,7 @@ class ConcurrencyAutoscaler:
         if task is not None:
             task.cancel()
         self.states.pop(key, None)
+        self.views.pop(key, None)
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
@@ -224,6 +244,7 @@ class ConcurrencyAutoscaler:
             await asyncio.sleep(max(0.0, period - (self._clock() - started)))
         self._tasks.pop(key, None)
         self.states.pop(key, None)
+        self.views.pop(key, None)
 
     async def run_round(self, key: Key) -> Decision | None:
         """One round; None when the ModelService is gone or no longer autoscaled by concurrency."""
@@ -234,31 +255,36 @@ class ConcurrencyAutoscaler:
         samples = await sample_pods(target.pods, target.spec.model_name, self._fetch)
         decision = decide(self.states.get(key, WindowState()), samples, spec, self._clock())
         self.states[key] = decision.state
-        if decision.changed:
-            record = ScaleRecord(
+        view = AutoscalerView(decision.mode.value, tuple(sorted(decision.excluded)))
+        reported, self.views[key] = self.views.get(key), view
+        if not decision.changed:
+            if view != reported and self._observed is not None:
+                self._observed(key, view)
+            return decision
+        record = ScaleRecord(
+            replicas=decision.replicas,
+            time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            reason=decision.reason,
+            mode=view.mode,
+            excluded=view.excluded,
+        )
+        log.info(
+            "autoscaled",
+            extra=kv(
+                namespace=key[0],
+                name=key[1],
                 replicas=decision.replicas,
-                time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                was=decision.previous_replicas,
                 reason=decision.reason,
-                mode=decision.mode.value,
-                excluded=decision.excluded,
+            ),
+        )
+        self._scaled(key, record)
+        event_reason = "ScaledUp" if decision.replicas > decision.previous_replicas else "ScaledDown"
+        try:
+            await self._post_event(target.spec, event_reason, decision.reason)
+        except Exception as err:  # the Event is a report; the scale already happened
+            log.warning(
+                "could not post the scale event",
+                extra=kv(namespace=key[0], name=key[1], error=str(err)[:300]),
             )
-            log.info(
-                "autoscaled",
-                extra=kv(
-                    namespace=key[0],
-                    name=key[1],
-                    replicas=decision.replicas,
-                    was=decision.previous_replicas,
-                    reason=decision.reason,
-                ),
-            )
-            self._scaled(key, record)
-            event_reason = "ScaledUp" if decision.replicas > decision.previous_replicas else "ScaledDown"
-            try:
-                await self._post_event(target.spec, event_reason, decision.reason)
-            except Exception as err:  # the Event is a report; the scale already happened
-                log.warning(
-                    "could not post the scale event",
-                    extra=kv(namespace=key[0], name=key[1], error=str(err)[:300]),
-                )
         return decision

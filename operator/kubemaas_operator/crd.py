@@ -282,7 +282,10 @@ MODEL_SERVICE_STATUS: Schema = _obj(
                 "mode": _str(enum=["stable", "panic", "hold"]),
                 "excluded": {"type": "array", "items": _str()},
             },
-            description="The concurrency autoscaler's last scale decision: how it was made and the pods it left out.",
+            description=(
+                "The concurrency autoscaler's latest round: how it decided and the pods it left out; "
+                "updated whenever either changes, with or without a scale."
+            ),
         ),
         "endpoint": _str(),
         "modelPath": _str(),
@@ -358,7 +361,7 @@ MODEL_SERVICE_DOCS = {
     "status.lastScaleTime": "When the concurrency autoscaler last changed desiredReplicas.",
     "status.scaleReason": "Why, in the autoscaler's words (also posted as an Event on the ModelService).",
     "status.autoscaler.mode": "stable, panic or hold (nothing could be measured).",
-    "status.autoscaler.excluded": "Pods left out of that decision and why (not ready, scrape failed).",
+    "status.autoscaler.excluded": "Pods that round left out and why (not ready, scrape failed).",
     "status.endpoint": "host:port of the gRPC Service inside the cluster.",
     "status.modelPath": "Where the servers find the model inside their pods.",
     "status.revision": "Hash of the pod template the spec produces.",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubemaas.logs import kv
-from kubemaas_operator.autoscaler_loop import ConcurrencyAutoscaler, ScaleRecord, Target
+from kubemaas_operator.autoscaler_loop import AutoscalerView, ConcurrencyAutoscaler, ScaleRecord, Target
 from kubemaas_operator.autoscaling import split_replicas
 from kubemaas_operator.builders import (
     MODEL_SERVICE_LABEL,
@@ -139,10 +139,16 @@ class Reconciler:
         # (possibly older) status in `bodies` until the ModelService is deleted or leaves
         # concurrency mode. After a restart status.desiredReplicas carries it.
         self.scaled: dict[Key, ScaleRecord] = {}
+        # Its view since that decision, when it changed without a scale (a pod's scrape failing).
+        self.views: dict[Key, AutoscalerView] = {}
         # Deployments whose replica count this process has handed to an HPA (metric cpu).
         self._handed_over: set[tuple[str, str]] = set()
         self.autoscaler = ConcurrencyAutoscaler(
-            settings, target=self.autoscale_target, scaled=self.on_scaled, post_event=self._post_scale_event
+            settings,
+            target=self.autoscale_target,
+            scaled=self.on_scaled,
+            post_event=self._post_scale_event,
+            observed=self.on_observed,
         )
 
     # --- events in -------------------------------------------------------------------------
@@ -157,6 +163,7 @@ class Reconciler:
                 task.cancel()
             self._wakes.pop(key, None)
             self.scaled.pop(key, None)
+            self.views.pop(key, None)
             self.autoscaler.forget(key)
             self._handed_over.discard(key)
             return
@@ -177,6 +184,13 @@ class Reconciler:
         """The autoscaler changed the count: apply it and write it to status."""
         if key in self.bodies:
             self.scaled[key] = record
+            self.views.pop(key, None)  # the record carries the view of its own round
+            self.wake(key)
+
+    def on_observed(self, key: Key, view: AutoscalerView) -> None:
+        """The autoscaler's view changed without a scale: write it to status."""
+        if key in self.bodies:
+            self.views[key] = view
             self.wake(key)
 
     def autoscale_target(self, key: Key) -> Target | None:
@@ -200,6 +214,9 @@ class Reconciler:
         record = self.scaled.get(key)
         if record is not None:
             status.update(record.status_fields())
+        view = self.views.get(key)
+        if view is not None:
+            status.update(view.status_fields())
         return status
 
     async def _post_scale_event(self, spec: ModelServiceSpec, reason: str, message: str) -> None:
@@ -262,6 +279,7 @@ class Reconciler:
         self.autoscaler.track(key, spec)
         if spec.autoscaling_metric is AutoscalingMetric.CPU:
             self.scaled.pop(key, None)  # the HPA decides now; status follows the Deployment
+            self.views.pop(key, None)
             desired = hpa_replicas(spec, self.cache.deployments.get(key, {}).get(spec.name))
         else:
             desired = desired_replicas(spec, self._status(key, body))

@@ -194,6 +194,7 @@ class PodServers:
         self.servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}  # pod -> (ip, process)
         self.ready: list[str] = []
         self.started: set[str] = set()  # every pod that ever got a server
+        self.held: set[str] = set()  # pods whose server is kept down, as if it had crashed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pod-servers", daemon=True)
 
@@ -221,10 +222,10 @@ class PodServers:
             if p.get("status", {}).get("podIP") and not p["metadata"].get("deletionTimestamp")
         }
         for pod in list(self.servers):
-            if pod not in live or self.servers[pod][1].poll() is not None:
+            if pod not in live or pod in self.held or self.servers[pod][1].poll() is not None:
                 self._stop_server(pod)
         for pod, ip in live.items():
-            if pod not in self.servers:
+            if pod not in self.servers and pod not in self.held:
                 self._start_server(pod, ip)
         ready = []
         for ip, _ in self.servers.values():
@@ -374,6 +375,21 @@ def test_concurrency_autoscaler_scales_real_servers_up_under_load_and_back_down(
         assert status["scaleReason"].startswith("scale down "), status
         assert len(servers.started) >= 3, "every new pod got its own server"
         eventually(lambda: len(servers.servers) == 1, timeout=60, what="servers of removed pods to stop")
+
+        # The last server goes down while its pod stays Ready (KWOK runs no probes): the
+        # autoscaler cannot measure it, says so in status without scaling, and recovers.
+        def view() -> dict[str, Any]:
+            return dict(get(cluster, "ms", "auto", "-n", namespace)["status"].get("autoscaler") or {})
+
+        pod = next(iter(servers.servers))
+        servers.held.add(pod)
+        down = {"mode": "hold", "excluded": [f"{pod}: scrape failed"]}
+        eventually(lambda: view() == down, timeout=60, what=f"status naming {pod} as not measured")
+        assert scale() == (1, 1)
+        servers.held.discard(pod)
+        eventually(
+            lambda: view() == {"mode": "stable", "excluded": []}, timeout=90, what="the view to recover"
+        )
 
     events = get(cluster, "events", "-n", namespace, "--field-selector", "involvedObject.name=auto")["items"]
     reasons = [e["reason"] for e in events if e["involvedObject"]["kind"] == "ModelService"]

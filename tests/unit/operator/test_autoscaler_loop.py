@@ -18,6 +18,7 @@ import pytest
 
 from kubemaas_operator.autoscaler_loop import (
     MAX_METRICS_BYTES,
+    AutoscalerView,
     ConcurrencyAutoscaler,
     MetricsFetcher,
     ScaleRecord,
@@ -129,6 +130,7 @@ class Rounds:
         self.current = spec.min_replicas
         self.now = 0.0
         self.records: list[ScaleRecord] = []
+        self.views: list[AutoscalerView] = []
         self.events: list[tuple[str, str]] = []
 
         async def post_event(_: ModelServiceSpec, reason: str, message: str) -> None:
@@ -139,6 +141,7 @@ class Rounds:
             target=lambda key: Target(self.spec, self.current, self.pods),
             scaled=self.scaled,
             post_event=post_event,
+            observed=lambda key, view: self.views.append(view),
             fetch=pages,
             clock=lambda: self.now,
         )
@@ -182,6 +185,28 @@ def test_without_load_it_scales_back_down_after_the_windows_and_the_delay() -> N
     assert rounds.current == 1
     assert rounds.events[0][0] == "ScaledUp"
     assert {reason for reason, _ in rounds.events[1:]} == {"ScaledDown"}
+
+
+def test_a_pod_left_out_shows_in_status_without_a_scale_and_only_when_the_view_changes() -> None:
+    spec = parse_model_service(body(autoscaling={"target": 8}), SETTINGS)
+    pages = Pages({"127.1.0.1": 4.0, "127.1.0.2": 4.0})
+    rounds = Rounds(spec, [pod("a", "127.1.0.1"), pod("b", "127.1.0.2")], pages)
+    rounds.current = 2
+    rounds.run(10)  # five rounds, one view: nothing to report after the first
+    assert rounds.views == [AutoscalerView("stable", ())]
+    pages.pages["127.1.0.2"] = OSError("connection refused")
+    rounds.run(10)
+    pages.pages["127.1.0.2"] = 4.0
+    rounds.run(10)
+    assert rounds.views == [
+        AutoscalerView("stable", ()),
+        AutoscalerView("stable", ("b: scrape failed",)),
+        AutoscalerView("stable", ()),
+    ]
+    assert rounds.records == [] and rounds.current == 2  # 8 in flight over 2 pods: no scale
+    assert AutoscalerView("stable", ("b: scrape failed",)).status_fields() == {
+        "autoscaler": {"mode": "stable", "excluded": ["b: scrape failed"]}
+    }
 
 
 def test_no_measurement_holds_the_count() -> None:
@@ -355,6 +380,29 @@ def test_a_scale_decision_reaches_the_deployment_and_the_status() -> None:
     assert status["lastScaleTime"] == "2026-01-01T00:00:00Z"
     assert status["scaleReason"] == "scale up 1 -> 3: test"
     assert status["autoscaler"] == {"mode": "stable", "excluded": []}
+
+
+def test_a_view_without_a_scale_updates_status_and_keeps_the_last_scale() -> None:
+    client = RecordingClient()
+
+    def scale(loop: Reconciler) -> None:
+        loop.bodies[KEY] = body()
+        loop.scaled[KEY] = record(3)
+
+    def pod_fails(loop: Reconciler) -> None:
+        loop.on_observed(KEY, AutoscalerView("stable", ("mlp-1: scrape failed",)))
+
+    def scales_again(loop: Reconciler) -> None:
+        loop.on_scaled(KEY, record(4))
+
+    reconcile(client, scale, pod_fails, scales_again)
+    after_scale, after_view, after_rescale = client.statuses[0], client.statuses[1], client.statuses[2]
+    assert after_view["autoscaler"] == {"mode": "stable", "excluded": ["mlp-1: scrape failed"]}
+    assert (after_view["desiredReplicas"], after_view["lastScaleTime"]) == (3, "2026-01-01T00:00:00Z")
+    assert after_view["scaleReason"] == after_scale["scaleReason"]
+    # A later scale carries the view of its own round.
+    assert after_rescale["desiredReplicas"] == 4
+    assert after_rescale["autoscaler"] == {"mode": "stable", "excluded": []}
 
 
 def test_a_canary_keeps_its_share_as_the_autoscaler_scales() -> None:

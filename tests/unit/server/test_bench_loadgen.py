@@ -98,7 +98,7 @@ def test_counts_refused_requests_as_errors(loadgen: Path, served: RunningServer,
 
 def test_dials_loopback_addresses_only(loadgen: Path, tmp_path: Path) -> None:
     request = request_file(tmp_path, "mlp")
-    for target in ("10.0.0.1:8001", "example.com:8001", "localhost:8001"):
+    for target in ("0.0.0.0:8001", "example.com:8001", "localhost:8001"):
         result = subprocess.run(
             [str(loadgen), "-target", target, "-request", str(request)],
             capture_output=True,

@@ -425,23 +425,22 @@ def test_a_canary_keeps_its_share_as_the_autoscaler_scales() -> None:
     assert by_name == {"mlp": [3, 6], "mlp-canary": [1, 2]}
 
 
+def cache_deployment(loop: Reconciler, *, replicas: int) -> None:
+    """The operator's watch has seen the ModelService's Deployment at `replicas`."""
+    labels = {"kubemaas.io/model-service": "mlp"}
+    deployment = {
+        "metadata": {"name": "mlp", "namespace": "ml", "labels": labels},
+        "spec": {"replicas": replicas},
+    }
+    loop.cache.update("Deployment", None, deployment)
+
+
 def test_switching_to_cpu_hands_replicas_to_the_hpa_and_back_deletes_it() -> None:
     client = RecordingClient()
 
     def cpu(loop: Reconciler) -> None:
         loop.bodies[KEY] = body(autoscaling={"metric": "cpu"}, maxReplicas=6)
-        loop.cache.update(
-            "Deployment",
-            None,
-            {
-                "metadata": {
-                    "name": "mlp",
-                    "namespace": "ml",
-                    "labels": {"kubemaas.io/model-service": "mlp"},
-                },
-                "spec": {"replicas": 3},
-            },
-        )
+        cache_deployment(loop, replicas=3)
 
     def concurrency(loop: Reconciler) -> None:
         loop.bodies[KEY] = {**body(), "status": {"desiredReplicas": 3}}
@@ -477,18 +476,7 @@ def test_a_handover_conflict_means_the_hpa_already_owns_the_count() -> None:
 
     def cpu(loop: Reconciler) -> None:
         loop.bodies[KEY] = body(autoscaling={"metric": "cpu"})
-        loop.cache.update(
-            "Deployment",
-            None,
-            {
-                "metadata": {
-                    "name": "mlp",
-                    "namespace": "ml",
-                    "labels": {"kubemaas.io/model-service": "mlp"},
-                },
-                "spec": {"replicas": 2},
-            },
-        )
+        cache_deployment(loop, replicas=2)
 
     reconcile(client, cpu)
     assert "replicas" not in client.deployments()[-1]["spec"]
@@ -500,18 +488,7 @@ def test_the_handover_happens_once_not_at_every_apply() -> None:
 
     def cpu(loop: Reconciler) -> None:
         loop.bodies[KEY] = body(autoscaling={"metric": "cpu"})
-        loop.cache.update(
-            "Deployment",
-            None,
-            {
-                "metadata": {
-                    "name": "mlp",
-                    "namespace": "ml",
-                    "labels": {"kubemaas.io/model-service": "mlp"},
-                },
-                "spec": {"replicas": 2},
-            },
-        )
+        cache_deployment(loop, replicas=2)
 
     reconcile(client, cpu, cpu, cpu)
     assert [manager for _, manager, _ in client.applied].count(HPA_HANDOVER_MANAGER) == 1

@@ -21,10 +21,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_async
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from kubemaas.logs import kv
+from kubemaas_server.health_service import HEALTH_SERVICE, add_health_service
 from kubemaas_server.http_endpoints import HttpEndpoints
 from kubemaas_server.metrics import ServerMetrics
 from kubemaas_server.model_config import BatchingOverride, Device
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "kubemaas"
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 REFLECTION_SERVICE = reflection.SERVICE_NAME
 
 # The interpreter hands the GIL to a waiting thread only every `switch interval` (5 ms by
@@ -114,7 +114,7 @@ class ModelServer:
         )
         add_inference_service(servicer, self._server)
         self._health = health_async.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        add_health_service(self._health, self._server)
         # Our protocol descriptors live in a private pool (see protogen); reflection answers from
         # that pool, so it also needs the health and reflection files in it.
         pool = pb.DESCRIPTOR.pool

@@ -80,7 +80,7 @@ class UndecodableRequest:
         )
 
 
-def _decoder(message_class: Any) -> Callable[[bytes], Any]:
+def request_decoder(message_class: Any) -> Callable[[bytes], Any]:
     """The request deserializer of one method: the message, or an `UndecodableRequest`."""
     name = message_class.DESCRIPTOR.full_name
 
@@ -95,13 +95,13 @@ def _decoder(message_class: Any) -> Callable[[bytes], Any]:
 
 def add_inference_service(servicer: InferenceServicer, server: Any) -> None:
     """Registers `servicer` on a grpc.aio server as the generated
-    `add_GRPCInferenceServiceServicer_to_server` does, but with `_decoder`s, so every method sees
+    `add_GRPCInferenceServiceServicer_to_server` does, but with `request_decoder`s, so every method sees
     an undecodable body as an `UndecodableRequest` and answers it INVALID_ARGUMENT."""
     handlers = {}
     for method in SERVICE.methods:
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=_decoder(getattr(pb, method.input_type.name)),
+            request_deserializer=request_decoder(getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
@@ -128,7 +128,7 @@ def retry_metadata(error: InferenceError) -> tuple[tuple[str, str], ...]:
     return ((RETRY_AFTER_KEY, milliseconds), (RETRY_PUSHBACK_KEY, milliseconds))
 
 
-async def _abort(context: Any, error: InferenceError) -> NoReturn:
+async def abort_with(context: Any, error: InferenceError) -> NoReturn:
     """Ends the RPC with the error's status; grpc.aio's `abort` always raises."""
     await context.abort(
         STATUS_CODES[error.kind], status_message(error.message), trailing_metadata=retry_metadata(error)
@@ -158,37 +158,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         if isinstance(request, UndecodableRequest):
-            await _abort(context, request.error())
+            await abort_with(context, request.error())
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
         if isinstance(request, UndecodableRequest):
-            await _abort(context, request.error())
+            await abort_with(context, request.error())
         return pb.ServerReadyResponse(ready=self.ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         if isinstance(request, UndecodableRequest):
-            await _abort(context, request.error())
+            await abort_with(context, request.error())
         return pb.ServerMetadataResponse(name=self._name, version=self._version, extensions=[])
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         if isinstance(request, UndecodableRequest):
-            await _abort(context, request.error())
+            await abort_with(context, request.error())
         try:
             ready = self.model_ready(request.name, request.version)
         except InferenceError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         if isinstance(request, UndecodableRequest):
-            await _abort(context, request.error())
+            await abort_with(context, request.error())
         try:
             model = self._registry.get(request.name)
             model.check_version(request.version)
             config, _queue = model.require_ready()
         except InferenceError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         tensor_metadata = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=model.name,
@@ -202,11 +202,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         started = time.perf_counter()
         if isinstance(request, UndecodableRequest):
             self._metrics.count_failure(UNKNOWN_MODEL, ErrorKind.INVALID_ARGUMENT.value)
-            await _abort(context, request.error())
+            await abort_with(context, request.error())
         model = self._registry.models.get(request.model_name)
         if model is None:
             self._metrics.count_failure(UNKNOWN_MODEL, "not_found")
-            await _abort(
+            await abort_with(
                 context,
                 InferenceError(
                     ErrorKind.NOT_FOUND,
@@ -227,7 +227,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             metrics.inflight.dec()
         if failure is not None:
             self._metrics.count_failure(model.name, failure.kind.value)
-            await _abort(context, failure)
+            await abort_with(context, failure)
         metrics.success.inc()
         metrics.request_duration.observe(time.perf_counter() - started)
         return response

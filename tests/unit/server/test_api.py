@@ -236,6 +236,39 @@ def test_health_reports_each_model_and_the_server(channel: grpc.Channel) -> None
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_health_watch_streams_the_current_status(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    stream = health.Watch(health_pb2.HealthCheckRequest(service="mlp"), timeout=10)
+    try:
+        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        stream.cancel()
+
+
+@pytest.mark.parametrize(("method", "streaming"), [("Check", False), ("Watch", True)])
+def test_health_answers_an_undecodable_body_invalid_argument(
+    channel: grpc.Channel, method: str, streaming: bool
+) -> None:
+    path = f"/grpc.health.v1.Health/{method}"
+    body = b"\x0a\x05ab"  # field 1 claims 5 bytes, 2 follow
+    with pytest.raises(grpc.RpcError) as failure:
+        if streaming:
+            list(
+                channel.unary_stream(path, request_serializer=None, response_deserializer=None)(
+                    body, timeout=10
+                )
+            )
+        else:
+            channel.unary_unary(path, request_serializer=None, response_deserializer=None)(body, timeout=10)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid grpc.health.v1.HealthCheckRequest message" in (failure.value.details() or "")
+    health = health_pb2_grpc.HealthStub(channel)
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service="mlp")).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+
+
 def test_reflection_lists_the_inference_health_and_reflection_services(channel: grpc.Channel) -> None:
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = list(

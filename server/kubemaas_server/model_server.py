@@ -22,23 +22,27 @@ from typing import Any
 import grpc
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from kubemaas.logs import kv
-from kubemaas_server.health_service import HEALTH_SERVICE, add_health_service
 from kubemaas_server.http_endpoints import HttpEndpoints
 from kubemaas_server.metrics import ServerMetrics
 from kubemaas_server.model_config import BatchingOverride, Device
 from kubemaas_server.proto import grpc_service_pb2 as pb
 from kubemaas_server.repository import ModelRegistry, load_repository
 from kubemaas_server.servicer import InferenceServicer, add_inference_service
+from kubemaas_server.standard_services import (
+    HEALTH_SERVICE,
+    REFLECTION_SERVICE,
+    add_health_service,
+    add_reflection_service,
+)
 from kubemaas_server.tls import ServerTls, TlsMode
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "kubemaas"
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-REFLECTION_SERVICE = reflection.SERVICE_NAME
 
 # The interpreter hands the GIL to a waiting thread only every `switch interval` (5 ms by
 # default). A model thread returning from a forward pass would otherwise sit idle that long
@@ -123,7 +127,7 @@ class ModelServer:
                 pool.FindFileByName(descriptor.name)
             except KeyError:
                 pool.AddSerializedFile(descriptor.serialized_pb)
-        reflection.enable_server_reflection(
+        add_reflection_service(
             (INFERENCE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE), self._server, pool=pool
         )
         address = _address(self.options.host, self.options.grpc_port)

@@ -269,6 +269,17 @@ def test_health_answers_an_undecodable_body_invalid_argument(
     )
 
 
+def test_reflection_answers_an_undecodable_body_invalid_argument(channel: grpc.Channel) -> None:
+    path = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    call = channel.stream_stream(path, request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as failure:
+        list(call(iter([b"\x0a\x05ab"]), timeout=10))  # field 1 claims 5 bytes, 2 follow
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid grpc.reflection.v1alpha.ServerReflectionRequest message" in (
+        failure.value.details() or ""
+    )
+
+
 def test_reflection_lists_the_inference_health_and_reflection_services(channel: grpc.Channel) -> None:
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = list(

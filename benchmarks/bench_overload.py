@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bench_server import Server, free_port
+from bench_server import Server, free_port, serve_command
 from pages import replace_section
 
 from kubemaas_server.model_config import (
@@ -234,10 +234,7 @@ def main() -> int:
         build_repository(work / "repository", rounds, args.max_queue_size)
         queue_size = args.max_queue_size or default_max_queue_size(MAX_BATCH)
         port = free_port()
-        command = [
-            sys.executable, "-m", "kubemaas", "serve", "--model-repository", str(work / "repository"),
-            "--grpc-port", str(port), "--metrics-port", "-1", "--torch-threads", "1",
-        ]  # fmt: skip
+        command = serve_command(work / "repository", port)
         env = dict(os.environ, KUBEMAAS_LOG_LEVEL="WARNING")
         server = Server("kubemaas", command, f"127.0.0.1:{port}", env, work / "kubemaas.log")
         server.start()

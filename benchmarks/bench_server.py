@@ -176,6 +176,14 @@ def wait_ready(
     raise TimeoutError(f"server at {target} not ready after {timeout} s")
 
 
+def serve_command(repository: Path, port: int, *extra: str) -> list[str]:
+    """`kubemaas serve` as every benchmark runs it: one torch thread, no metrics port."""
+    return [
+        sys.executable, "-m", "kubemaas", "serve", "--model-repository", str(repository),
+        "--grpc-port", str(port), "--metrics-port", "-1", "--torch-threads", "1", *extra,
+    ]  # fmt: skip
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -546,10 +554,7 @@ def main() -> int:
         files = build_repository(work / "repository")
         args.requests = {model: request_file(work, model) for model in MODELS}
         port = free_port()
-        kubemaas = [
-            sys.executable, "-m", "kubemaas", "serve", "--model-repository", str(work / "repository"),
-            "--grpc-port", str(port), "--metrics-port", "-1", "--torch-threads", "1",
-        ]  # fmt: skip
+        kubemaas = serve_command(work / "repository", port)
         env = dict(os.environ, KUBEMAAS_LOG_LEVEL="WARNING")
         servers.append(Server("kubemaas", kubemaas, f"127.0.0.1:{port}", env, work / "kubemaas.log"))
         if not args.no_mlserver:

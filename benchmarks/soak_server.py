@@ -39,8 +39,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -54,7 +52,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from bench_server import wait_ready
+from bench_server import free_port, serve_command, stop, wait_ready
 from pages import replace_section
 
 from kubemaas_server.model_config import DataType, Device, ModelConfig, TensorSpec
@@ -221,12 +219,6 @@ def schedule(kinds: list[Kind], count: int, seed: int = 0) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------
 # The server process and its resources
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:
@@ -406,11 +398,7 @@ async def drive(
 def run_soak(args: argparse.Namespace, work: Path) -> Result:
     build_repository(work / "repository")
     port = free_port()
-    command = [
-        sys.executable, "-m", "kubemaas", "serve", "--model-repository", str(work / "repository"),
-        "--grpc-port", str(port), "--metrics-port", "-1", "--torch-threads", "1",
-        "--max-message-bytes", str(MAX_MESSAGE_BYTES),
-    ]  # fmt: skip
+    command = serve_command(work / "repository", port, "--max-message-bytes", str(MAX_MESSAGE_BYTES))
     env = dict(os.environ, KUBEMAAS_LOG_LEVEL="WARNING")
     with (work / "server.log").open("wb") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -424,13 +412,7 @@ def run_soak(args: argparse.Namespace, work: Path) -> Result:
             raise RuntimeError(f"the server exited with {process.returncode} during the soak")
         return result
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 # ---------------------------------------------------------------------------------------------
